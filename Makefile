@@ -1,0 +1,36 @@
+# triage: the two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+
+.PHONY: demo test install install-test schemas clean help
+
+help:
+	@echo "make demo   - create .venv, install, run 'triage demo' (writes demo-out/)"
+	@echo "make test   - install the test extras and run the whole test suite"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e . pydicom-data
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/triage demo --out demo-out
+
+test: install-test
+	$(PY) -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+schemas: install
+	$(VENV)/bin/triage schemas --write
+
+clean:
+	rm -rf demo-out .pytest_cache

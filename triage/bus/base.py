@@ -1,0 +1,67 @@
+"""The source/sink interface the worker host is written against.
+
+:mod:`triage.bus.memory` implements it in-process (the demo and fast unit tests) and
+:mod:`triage.bus.kafka` on Apache Kafka. The host only ever sees these types.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, NamedTuple, Protocol
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+class SendHandle(Protocol):
+    """What :meth:`Sink.send` returns: done once the bus acknowledged (or refused) the record."""
+
+    def is_done(self) -> bool: ...
+
+    def error(self) -> BaseException | None: ...
+
+
+RebalanceCallback = Callable[[set[TopicPartition]], None]
+
+
+class Source(Protocol):
+    def subscribe(self, topics: list[str], on_assigned: RebalanceCallback, on_revoked: RebalanceCallback) -> None: ...
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit, per partition, the offset of the next message to read."""
+
+    def lag(self) -> dict[TopicPartition, int]: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    def send(self, topic: str, key: bytes, value: bytes,
+             headers: list[tuple[str, bytes]] | None = None) -> SendHandle: ...
+
+    def flush(self, timeout_s: float) -> None: ...
+
+    def close(self) -> None: ...

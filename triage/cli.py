@@ -1,0 +1,278 @@
+"""The ``triage`` command. Thin: it parses arguments and calls the modules below it.
+
+Errors the user can act on are one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from triage import __version__
+from triage.errors import TriageError
+
+EPILOG = """examples:
+  triage demo --out demo-out              score the bundled sample studies, print the worklist
+  triage score path/to/study/             print one study's priority event as JSON
+  triage models verify                    check every model's manifest and sha256
+  triage worker --bootstrap 127.0.0.1:9092 --processes 2
+"""
+
+
+def _settings(args: argparse.Namespace, **extra):
+    from triage.settings import Settings
+
+    keys = ("models_dir", "rules", "policy", "max_voxels", "providers", "processes", "metrics_port")
+    return Settings.load({k: getattr(args, k, None) for k in keys} | extra)
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", dest="models_dir", metavar="DIR", help="model folders (default: models/)")
+    p.add_argument("--rules", metavar="FILE", help="routing rules YAML (default: triage/config/routing.yaml)")
+    p.add_argument("--policy", metavar="FILE", help="priority policy YAML (default: triage/config/policy.yaml)")
+    p.add_argument("--max-voxels", type=int, metavar="N", help="refuse series larger than N voxels")
+    p.add_argument("--providers", choices=("auto", "cpu", "cuda"), help="ONNX Runtime providers (default: auto)")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from triage.events import STUDY_SCHEMA, Status, now_iso, parse_study_event, to_json
+    from triage.pipeline import Pipeline
+
+    folder = Path(args.study_dir)
+    settings = _settings(args)
+    study = parse_study_event({
+        "schema": STUDY_SCHEMA, "study_instance_uid": _folder_study_uid(folder),
+        "source": {"uri": folder.resolve().as_uri()}, "received_at": now_iso(),
+        "accession_number": args.accession, "requested_priority": args.requested_priority,
+        "patient_class": args.patient_class})
+    outcome = Pipeline.from_settings(settings).process(study)
+    print(json.dumps(json.loads(to_json(outcome.event)), indent=2))
+    if outcome.event.status is Status.FAILED:
+        print(f"triage: study failed ({outcome.event.error.kind}): {outcome.event.error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _folder_study_uid(folder: Path) -> str:
+    """The folder's StudyInstanceUID, or a UID derived from its path when none is readable."""
+    import hashlib
+
+    from triage.dicom.scan import _dicom_files, read_header
+
+    if folder.is_dir():
+        for rel in _dicom_files(folder)[:20]:
+            try:
+                uid = str(read_header(folder, rel).get("StudyInstanceUID", ""))
+            except TriageError:
+                continue
+            if uid:
+                return uid
+    return "2.25." + str(int(hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:30], 16))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from triage.demo import run_demo, summary, worklist_table
+
+    settings = _settings(args)
+    out = Path(args.out)
+    events = run_demo(settings, out, progress=not args.no_progress)
+    print()
+    print(worklist_table(events))
+    print()
+    print(summary(events, out))
+    if settings.metrics_port:
+        print(f"Metrics were served on http://{settings.metrics_host}:{settings.metrics_port}/metrics while it ran.")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from triage.inference.registry import DEFAULT_MODELS, check_models
+
+    models_dir = Path(args.models_dir) if args.models_dir else DEFAULT_MODELS
+    checks = check_models(models_dir)
+    if args.action == "verify":
+        for c in checks:
+            print(f"{'OK  ' if c.ok else 'FAIL'} {c.folder}: {c.message}")
+        if not checks:
+            print(f"no models under {models_dir}")
+        return 0 if all(c.ok for c in checks) else 1
+    rows = []
+    for c in checks:
+        m = c.manifest
+        rows.append({"name": c.folder, "ok": c.ok, "message": c.message,
+                     "version": m.version if m else None, "format": m.format if m else None,
+                     "findings": [f.code for f in m.findings] if m else [],
+                     "operating_point": m.operating_point if m else None,
+                     "sha256": m.sha256 if m else None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models under {models_dir}")
+        return 0
+    header = ("NAME", "VERSION", "FORMAT", "FINDINGS", "STATUS")
+    table = [header] + [(r["name"], r["version"] or "-", r["format"] or "-", ",".join(r["findings"]) or "-",
+                         "ok" if r["ok"] else r["message"]) for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
+    for t in table:
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from triage.events import published_schemas
+
+    folder = Path(args.dir)
+    stale = []
+    for name, doc in published_schemas().items():
+        text = json.dumps(doc, indent=2) + "\n"
+        path = folder / name
+        if args.write:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+        elif not path.exists() or path.read_text() != text:
+            stale.append(str(path))
+    if stale:
+        print(f"triage: out of date with triage/events.py: {', '.join(stale)} (run: triage schemas --write)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from triage import metrics
+    from triage.bus.kafka import KafkaConfig, KafkaSink, KafkaSource
+    from triage.pipeline import Pipeline
+    from triage.worker.host import Host, HostOptions, Topics
+    from triage.worker.pool import WorkerPool
+
+    settings = _settings(args)
+    kafka = KafkaConfig.load(bootstrap=args.bootstrap, group=args.group)
+    pipeline = Pipeline.from_settings(settings)  # fail fast: models verified before joining the group
+    metrics.serve(settings.metrics_port, settings.metrics_host)
+    topics = Topics(studies=args.in_topic, priority=args.out_topic, dlq=args.dlq_topic)
+    options = HostOptions(max_in_flight=args.max_in_flight or 2 * settings.processes,
+                          retry_attempts=args.retry_attempts, drain_timeout_s=args.drain_timeout)
+    host = Host(KafkaSource(kafka), KafkaSink(kafka), WorkerPool(settings, settings.processes), pipeline,
+                topics=topics, options=options)
+    signal.signal(signal.SIGTERM, lambda *_: host.stop())
+    signal.signal(signal.SIGINT, lambda *_: host.stop())
+    host.run()
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from triage.bus.kafka import KafkaConfig, KafkaSink
+    from triage.events import STUDY_SCHEMA, now_iso, parse_study_event, to_json
+
+    folder = Path(args.study_dir)
+    if not folder.is_dir():
+        print(f"triage: {folder} is not a folder", file=sys.stderr)
+        return 2
+    study = parse_study_event({
+        "schema": STUDY_SCHEMA, "study_instance_uid": args.study_uid or _folder_study_uid(folder),
+        "source": {"uri": folder.resolve().as_uri()}, "received_at": now_iso(),
+        "accession_number": args.accession, "requested_priority": args.requested_priority,
+        "patient_class": args.patient_class})
+    sink = KafkaSink(KafkaConfig.load(bootstrap=args.bootstrap))
+    handle = sink.send(args.topic, study.study_instance_uid.encode(), to_json(study).encode())
+    sink.flush(30.0)
+    if handle.error() is not None:
+        print(f"triage: the broker did not acknowledge the study event ({handle.error()})", file=sys.stderr)
+        return 1
+    sink.close()
+    print(f"submitted study event to {args.topic}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triage", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="AI triage for tele-radiology: score incoming studies and move urgent ones up the worklist. "
+                    "Bundled models are trained on synthetic phantoms and are not for diagnostic use.")
+    parser.add_argument("--version", action="version", version=f"triage {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    order = argparse.ArgumentParser(add_help=False)
+    order.add_argument("--accession", help="accession number to put in the event")
+    order.add_argument("--requested-priority", choices=("STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW"),
+                       help="the order's requested procedure priority")
+    order.add_argument("--patient-class", choices=("emergency", "inpatient", "outpatient"))
+
+    p = sub.add_parser("score", parents=[order], help="score one study folder; print its priority event as JSON",
+                       description="Score one study folder and print its priority event as JSON. Exit 0 for "
+                                   "scored or no_applicable_model, 1 for failed (the cause goes to stderr).")
+    p.add_argument("study_dir", help="folder with the study's DICOM files")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("demo", help="score sample studies with a worker pool on the in-process bus",
+                       description="Make sample studies from DICOM files shipped with pydicom (and pydicom-data), "
+                                   "score them with the worker pool on an in-process bus, write "
+                                   "priority-events.jsonl and print the worklist.")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--processes", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument("--metrics-port", type=int, default=9464, help="serve /metrics here while running; 0: off")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list or verify the installed models")
+    p.add_argument("action", choices=("list", "verify"), help="list: show models; verify: check manifests and hashes")
+    p.add_argument("--models", dest="models_dir", metavar="DIR", help="model folders (default: models/)")
+    p.add_argument("--json", action="store_true", help="list as JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("schemas", help="check (or --write) schemas/*.json against the event types")
+    p.add_argument("--dir", default="schemas", help="schema folder (default: schemas)")
+    p.add_argument("--write", action="store_true", help="write the files instead of checking them")
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("worker", help="run a worker host against Apache Kafka",
+                       description="Consume study events, score them with N worker processes, publish priority "
+                                   "events. Kafka security settings come from TRIAGE_KAFKA_* variables.")
+    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
+    p.add_argument("--processes", type=int, help="worker processes (default: 2)")
+    p.add_argument("--group", default="triage", help="consumer group (default: triage)")
+    p.add_argument("--in-topic", default="triage.studies")
+    p.add_argument("--out-topic", default="triage.priority")
+    p.add_argument("--dlq-topic", default="triage.dlq")
+    p.add_argument("--max-in-flight", type=int, help="studies in flight before partitions pause (default: 2 x processes)")
+    p.add_argument("--retry-attempts", type=int, default=3, help="attempts for retriable errors (default: 3)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
+    p.add_argument("--metrics-port", type=int, default=9464, help="serve /metrics here; 0: off (default: 9464)")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", parents=[order], help="publish a study event for a folder to Kafka")
+    p.add_argument("study_dir")
+    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    p.add_argument("--topic", default="triage.studies")
+    p.add_argument("--study-uid", help="StudyInstanceUID (default: read from the files)")
+    p.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING if args.command in ("score", "models", "schemas", "submit") else logging.INFO,
+             1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "score" and not args.verbose:
+        logging.getLogger("triage.pipeline").setLevel(logging.ERROR)  # the CLI prints the one line itself
+    try:
+        return args.func(args)
+    except TriageError as exc:
+        print(f"triage: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

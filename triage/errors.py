@@ -1,0 +1,119 @@
+"""One error family for the whole pipeline.
+
+Every error the pipeline raises on purpose is a :class:`TriageError`. Callers decide
+what to do by reading attributes, not by long ``isinstance`` chains:
+
+* ``kind``: a short stable string that goes into the ``failed`` priority event, the DLQ
+  headers and the ``failures`` metric label.
+* ``retriable``: whether trying the same study again later may succeed (a source that is
+  not reachable yet), or whether it never will (a corrupt file).
+
+Messages name the file and the reason, and never carry tag values, so they are safe to
+log and to publish (no PHI).
+"""
+from __future__ import annotations
+
+
+class TriageError(Exception):
+    kind = "internal"
+    retriable = False
+
+    def __init__(self, message: str, *, path: str | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# --- input events --------------------------------------------------------------------
+class SchemaError(TriageError):
+    """An event that does not match its published JSON schema."""
+
+    kind = "schema"
+
+
+class UnknownSchemaError(SchemaError):
+    kind = "unknown_schema"
+
+
+# --- fetching a study -----------------------------------------------------------------
+class SourceError(TriageError):
+    kind = "source"
+
+
+class SourceUnavailableError(SourceError):
+    """The study's source cannot be reached now; it may be later."""
+
+    kind = "source_unavailable"
+    retriable = True
+
+
+# --- decode ---------------------------------------------------------------------------
+class DecodeError(TriageError):
+    kind = "decode"
+
+
+class EmptyStudyError(DecodeError):
+    kind = "empty_study"
+
+
+class CorruptFileError(DecodeError):
+    kind = "corrupt_file"
+
+
+class MissingGeometryError(DecodeError):
+    kind = "missing_geometry"
+
+
+class UnevenSpacingError(DecodeError):
+    kind = "uneven_spacing"
+
+
+class MixedOrientationError(DecodeError):
+    kind = "mixed_orientation"
+
+
+class InconsistentSeriesError(DecodeError):
+    kind = "inconsistent_series"
+
+
+class VolumeTooLargeError(DecodeError):
+    kind = "volume_too_large"
+
+
+class UnsupportedImageError(DecodeError):
+    kind = "unsupported_image"
+
+
+# --- models ---------------------------------------------------------------------------
+class ModelError(TriageError):
+    kind = "model"
+
+
+class ManifestError(ModelError):
+    kind = "manifest"
+
+
+class ArtifactHashMismatch(ModelError):
+    kind = "hash_mismatch"
+
+
+class BackendUnavailableError(ModelError):
+    """A backend whose optional dependency is not installed."""
+
+    kind = "backend_unavailable"
+
+
+class InferenceError(ModelError):
+    kind = "inference"
+
+
+# --- configuration --------------------------------------------------------------------
+class ConfigError(TriageError):
+    """Routing rules, priority policy or settings that do not validate."""
+
+    kind = "config"
+
+
+# --- bus ------------------------------------------------------------------------------
+class BusError(TriageError):
+    kind = "bus"
+    retriable = True

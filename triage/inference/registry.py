@@ -1,0 +1,105 @@
+"""The model registry: the installed models of one process, and their sessions.
+
+A registry reads every ``<models>/<name>/manifest.yaml`` once, verifies each artifact's
+sha256, and creates each model's session on first use and keeps it. It belongs to one
+process and is not thread-safe: each worker process builds its own.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from triage.dicom.decode import Volume
+from triage.errors import InferenceError, ModelError
+from triage.events import Finding, ModelRef, make_event_id
+from triage.inference.backends import RuntimeOptions, Session, backend_for
+from triage.inference.manifest import Manifest, load_manifest
+from triage.preprocess import preprocess, to_source_slice
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    folder: str
+    ok: bool
+    message: str
+    manifest: Manifest | None = None
+
+
+def check_models(models_dir: str | Path) -> list[ModelCheck]:
+    """Validate every model folder under ``models_dir`` (manifest and hash)."""
+    results = []
+    root = Path(models_dir)
+    if not root.is_dir():
+        return results
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        try:
+            m = load_manifest(folder)
+        except ModelError as exc:
+            results.append(ModelCheck(folder.name, False, str(exc)))
+        else:
+            results.append(ModelCheck(folder.name, True, "manifest valid, sha256 verified", m))
+    return results
+
+
+class ModelRegistry:
+    def __init__(self, models_dir: str | Path | None = None, options: RuntimeOptions | None = None):
+        self.models_dir = Path(models_dir) if models_dir else DEFAULT_MODELS
+        self.options = options or RuntimeOptions()
+        self.manifests: dict[str, Manifest] = {}
+        for check in check_models(self.models_dir):
+            if not check.ok:
+                raise ModelError(check.message)  # never serve from a folder that fails verification
+            self.manifests[check.manifest.name] = check.manifest
+        self._sessions: dict[str, Session] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the model set; part of every event_id."""
+        parts = [f"{m.name}@{m.version}:{m.sha256}" for m in sorted(self.manifests.values(), key=lambda m: m.name)]
+        return make_event_id(*parts) if parts else "none"
+
+    def session(self, name: str) -> Session:
+        if name not in self._sessions:
+            m = self.manifests[name]
+            backend = backend_for(m.format)
+            outputs = (m.probabilities, m.slice_scores or "")
+            self._sessions[name] = backend.load(m.artifact_path, outputs, self.options)
+        return self._sessions[name]
+
+    def warm_up(self) -> None:
+        for name in self.manifests:
+            self.session(name)
+
+    def infer(self, name: str, volume: Volume) -> list[Finding]:
+        """Run one model on one decoded series; one :class:`Finding` per manifest finding."""
+        m = self.manifests[name]
+        x = preprocess(volume.array, volume.spacing_zyx, m.input)
+        started = time.perf_counter()
+        out = self.session(name).run(x)
+        log.debug("model %s ran in %.1f ms", name, (time.perf_counter() - started) * 1e3)
+        probs = np.asarray(out.get(m.probabilities), dtype=np.float64).reshape(-1)
+        if probs.size != len(m.findings) or not np.all(np.isfinite(probs)):
+            raise InferenceError(f"model {name} returned {probs.size} probabilities for "
+                                 f"{len(m.findings)} findings, or non-finite values")
+        slices = out.get(m.slice_scores) if m.slice_scores else None
+        ref = ModelRef(name=m.name, version=m.version, sha256=m.sha256)
+        findings = []
+        for i, spec in enumerate(m.findings):
+            p = min(1.0, max(0.0, spec.calibrate(float(probs[i]))))
+            threshold = m.threshold(spec)
+            key_slice = None
+            if slices is not None:
+                scores = np.asarray(slices, dtype=np.float64).reshape(len(m.findings), -1)[i]
+                key_slice = to_source_slice(int(np.argmax(scores)), scores.size, volume.shape[0])
+            findings.append(Finding(code=spec.code, label=spec.label, probability=round(p, 6),
+                                    threshold=threshold, positive=p >= threshold, model=ref,
+                                    series_instance_uid=volume.series_instance_uid, key_slice=key_slice))
+        return findings

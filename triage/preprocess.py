@@ -1,0 +1,86 @@
+"""Resample, window and normalise a volume as a model's manifest asks.
+
+This is the only implementation: the runtime and ``pipelines/`` (training) both call
+:func:`preprocess`, so serving and training cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from triage.errors import ManifestError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a model wants its input. Shapes and spacings are in array order ``[z, y, x]``."""
+
+    shape: tuple[int, int, int]
+    window: tuple[float, float]  # lower, upper in HU (or stored values for X-ray)
+    normalise: str = "window"  # "window": map [lower, upper] to [0, 1]; "zscore": (v-mean)/std in window
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "InputSpec":
+        try:
+            shape = tuple(int(v) for v in data["shape"])
+            window = data["window"]
+            if isinstance(window, dict):
+                if "center" in window:
+                    c, w = float(window["center"]), float(window["width"])
+                    lower, upper = c - w / 2, c + w / 2
+                else:
+                    lower, upper = float(window["lower"]), float(window["upper"])
+            else:
+                lower, upper = (float(v) for v in window)
+            normalise = str(data.get("normalise", "window"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"input spec needs shape [z, y, x] and window ({exc})", path=where) from None
+        if len(shape) != 3 or min(shape) < 1:
+            raise ManifestError(f"input shape {list(shape)} must be three positive sizes", path=where)
+        if upper <= lower:
+            raise ManifestError(f"window upper {upper} must exceed lower {lower}", path=where)
+        if normalise not in ("window", "zscore"):
+            raise ManifestError(f"normalise must be 'window' or 'zscore', not {normalise!r}", path=where)
+        return cls(shape=shape, window=(lower, upper), normalise=normalise)
+
+
+def resample(array: np.ndarray, spacing_zyx: tuple[float, float, float],
+             shape: tuple[int, int, int]) -> np.ndarray:
+    """Linearly resample ``array`` to ``shape``, keeping its physical extent."""
+    if tuple(array.shape) == tuple(shape):
+        return np.asarray(array, dtype=np.float32)
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
+    image.SetSpacing((float(spacing_zyx[2]), float(spacing_zyx[1]), float(spacing_zyx[0])))
+    size_xyz = (int(shape[2]), int(shape[1]), int(shape[0]))
+    in_size = image.GetSize()
+    in_spacing = image.GetSpacing()
+    out_spacing = tuple(in_size[i] * in_spacing[i] / size_xyz[i] for i in range(3))
+    # Align the outer edges of the first and last voxels, not their centres.
+    out_origin = tuple(-0.5 * in_spacing[i] + 0.5 * out_spacing[i] for i in range(3))
+    resampled = sitk.Resample(image, size_xyz, sitk.Transform(), sitk.sitkLinear, out_origin,
+                              out_spacing, image.GetDirection(), float(array.min()), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def preprocess(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec: InputSpec) -> np.ndarray:
+    """Return the model input for one volume as float32 ``[1, 1, z, y, x]``."""
+    lower, upper = spec.window
+    out = resample(array, spacing_zyx, spec.shape)
+    np.clip(out, lower, upper, out=out)
+    if spec.normalise == "window":
+        out -= lower
+        out /= upper - lower
+    else:
+        std = float(out.std())
+        out -= float(out.mean())
+        out /= std if std > 0 else 1.0
+    return out[np.newaxis, np.newaxis].astype(np.float32, copy=False)
+
+
+def to_source_slice(index: int, model_depth: int, n_slices: int) -> int:
+    """Map a slice index of the model's input back to the decoded volume's slice."""
+    if model_depth <= 1:
+        return 0
+    return int(min(n_slices - 1, max(0, round((index + 0.5) * n_slices / model_depth - 0.5))))

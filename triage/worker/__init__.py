@@ -1,0 +1,1 @@
+"""The worker: consumer loop, offset tracker, process pool and ordered shutdown."""
