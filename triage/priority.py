@@ -101,6 +101,9 @@ class Policy:
                 reasons.append(f"{f.code} positive (p={f.probability:.2f} ≥ {f.threshold:.2f}, {f.model.name})")
                 if sev.floor is not None and _LEVEL_RANK[sev.floor] > _LEVEL_RANK[floor]:
                     floor = sev.floor
+        if findings and not reasons:
+            top = max(findings, key=lambda f: f.probability)
+            reasons.append(f"no positive finding (highest {top.code} p={top.probability:.2f})")
         score = 100.0 * (1.0 - miss)
         if patient_class is not None and self.patient_class.get(patient_class):
             score += self.patient_class[patient_class]

@@ -1,0 +1,118 @@
+"""Test helpers: real reference DICOM files, series built from them, and tiny test-time models.
+
+Nothing here is a model that claims to detect anything: the ONNX graphs built below
+compute a plain statistic of the input (its maximum) so tests can predict their output.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import yaml
+from pydicom.uid import generate_uid
+
+from triage.demo import find_test_file
+
+
+def ref(name: str) -> Path:
+    path = find_test_file(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} is not installed (pip install pydicom-data)")
+    return path
+
+
+def write_series(folder: Path, n: int = 6, *, spacing: float = 2.5, names=None, source: str = "CT_small.dcm",
+                 mutate=None) -> list[Path]:
+    """Write ``n`` slices of a real CT file as one series, stepping ImagePositionPatient.
+
+    Each slice's pixels are offset by its index (so slice order is visible in the volume).
+    ``names`` gives file names (default: slice order); ``mutate(i, ds)`` may alter a slice.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    base = pydicom.dcmread(ref(source))
+    series_uid = generate_uid(entropy_srcs=[str(folder), source])
+    normal = np.cross(np.array(base.ImageOrientationPatient[:3], float), np.array(base.ImageOrientationPatient[3:], float))
+    origin = np.array(base.ImagePositionPatient, float)
+    paths = []
+    for i in range(n):
+        ds = copy.deepcopy(base)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = n - i  # deliberately opposite to the spatial order
+        ds.ImagePositionPatient = [float(v) for v in origin + normal * spacing * i]
+        ds.SliceThickness = spacing
+        arr = ds.pixel_array.astype(np.int16) + np.int16(i)
+        ds.PixelData = arr.tobytes()
+        if mutate:
+            mutate(i, ds)
+        name = names[i] if names else f"slice{i:03d}.dcm"
+        ds.save_as(folder / name, enforce_file_format=True)
+        paths.append(folder / name)
+    return paths
+
+
+def build_max_model(path: Path, *, scale: float = 0.05, centre: float = 0.5) -> None:
+    """An ONNX graph: prob = sigmoid((max(x) - centre) / scale); slice score = max per slice."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])
+    prob = helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])
+    slices = helper.make_tensor_value_info("slices", TensorProto.FLOAT, ["N", 1, "D"])
+    consts = [helper.make_tensor("centre", TensorProto.FLOAT, [], [centre]),
+              helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])]
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["per_slice"], axes=[3, 4], keepdims=0),  # N,1,D
+        helper.make_node("Identity", ["per_slice"], ["slices"]),
+        helper.make_node("ReduceMax", ["per_slice"], ["m"], axes=[2], keepdims=0),  # N,1
+        helper.make_node("Sub", ["m", "centre"], ["d"]),
+        helper.make_node("Div", ["d", "scale"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["prob"]),
+    ]
+    graph = helper.make_graph(nodes, "max_statistic", [x], [prob, slices], initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def make_model_dir(root: Path, name: str = "brightspot", *, modality=("CT",), severity="critical",
+                   threshold: float = 0.5, window=(0, 100), shape=(4, 32, 32), fmt="onnx",
+                   applies_to: dict | None = None, artifact_builder=build_max_model) -> Path:
+    """A model folder with a manifest, as ``pipelines/register`` will write them."""
+    folder = root / name
+    artifact = "model.onnx" if fmt == "onnx" else "model.ts"
+    artifact_builder(folder / artifact)
+    manifest = {
+        "name": name, "version": "0.0.1-test",
+        "artifact": {"file": artifact, "format": fmt, "sha256": sha256(folder / artifact)},
+        "applies_to": applies_to if applies_to is not None else {"modality": list(modality)},
+        "input": {"name": "input", "shape": list(shape), "window": {"lower": window[0], "upper": window[1]},
+                  "normalise": "window"},
+        "outputs": {"probabilities": "prob", "slice_scores": "slices"},
+        "findings": [{"code": name, "label": f"test finding {name}", "severity": severity,
+                      "operating_points": {"default": threshold, "high_sensitivity": threshold / 2}}],
+        "operating_point": "default",
+    }
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (folder / "card.md").write_text("Test-time model computing the input maximum. Detects nothing.\n")
+    return folder
+
+
+def rules_file(path: Path, rules: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"rules": rules}))
+    return path
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
