@@ -1,0 +1,93 @@
+"""The triage command, end to end, as a user runs it (subprocesses, real files)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_model_dir, ref, rules_file, write_series
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def triage(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "triage.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=240)
+
+
+def test_score_scored_study_prints_event_and_exits_0(tmp_path):
+    write_series(tmp_path / "study", 6)
+    make_model_dir(tmp_path / "models", "brightspot", window=(0, 2000), shape=(4, 128, 128))
+    rules = rules_file(tmp_path / "rules.yaml", [{"name": "ct", "match": {"modality": "CT"}, "models": ["brightspot"]}])
+    r = triage("score", tmp_path / "study", "--models", tmp_path / "models", "--rules", rules,
+               "--requested-priority", "ROUTINE", "--accession", "ACC1")
+    assert r.returncode == 0, r.stderr
+    event = json.loads(r.stdout)
+    assert event["status"] == "scored" and event["accession_number"] == "ACC1"
+    assert event["findings"][0]["positive"] is True and event["priority"]["level"] == "STAT"
+
+
+@pytest.mark.parametrize("name", ["693_J2KR.dcm", "RG1_J2KI.dcm", "emri_small_jpeg_ls_lossless.dcm"])
+def test_score_real_files_without_applicable_model_exits_0(tmp_path, name):
+    (tmp_path / "s").mkdir()
+    shutil.copy(ref(name), tmp_path / "s")
+    (tmp_path / "no-models").mkdir()
+    r = triage("score", tmp_path / "s", "--models", tmp_path / "no-models")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "no_applicable_model"
+
+
+def test_score_failed_study_exits_1_with_one_line_and_no_traceback(tmp_path):
+    write_series(tmp_path / "study", 5)
+    (tmp_path / "study" / "slice002.dcm").write_bytes(b"\x00" * 10)
+    r = triage("score", tmp_path / "study")
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["status"] == "failed"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "slice002.dcm" in lines[0] and lines[0].startswith("triage: study failed (corrupt_file)")
+    assert "Traceback" not in r.stderr
+
+
+def test_score_missing_folder_is_a_failed_event_not_a_crash(tmp_path):
+    r = triage("score", tmp_path / "nope")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert json.loads(r.stdout)["error"]["kind"] == "source_unavailable"
+
+
+def test_bad_settings_are_one_line(tmp_path):
+    r = triage("score", tmp_path, "--policy", tmp_path / "missing.yaml")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "policy" in r.stderr
+
+
+def test_models_list_and_verify(tmp_path):
+    make_model_dir(tmp_path, "brightspot")
+    r = triage("models", "list", "--json", "--models", tmp_path)
+    assert r.returncode == 0
+    (row,) = json.loads(r.stdout)
+    assert row["name"] == "brightspot" and row["ok"] and row["findings"] == ["brightspot"]
+    assert "brightspot" in triage("models", "list", "--models", tmp_path).stdout
+    assert triage("models", "verify", "--models", tmp_path).returncode == 0
+    (tmp_path / "brightspot" / "model.onnx").write_bytes(b"swapped")
+    r = triage("models", "verify", "--models", tmp_path)
+    assert r.returncode == 1 and "FAIL brightspot" in r.stdout and "does not match" in r.stdout
+
+
+def test_committed_models_verify():
+    r = triage("models", "verify")
+    assert r.returncode == 0, r.stdout
+
+
+def test_schemas_check_passes_on_the_committed_files():
+    assert triage("schemas").returncode == 0
+
+
+def test_help_explains_each_command():
+    r = triage("--help")
+    assert r.returncode == 0
+    for cmd in ("score", "demo", "models", "worker", "submit"):
+        assert cmd in r.stdout
+    assert "not for diagnostic use" in r.stdout

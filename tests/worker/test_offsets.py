@@ -1,0 +1,29 @@
+"""triage/worker/offsets.py: commits never pass unfinished work."""
+from triage.bus.base import TopicPartition
+from triage.worker.offsets import OffsetTracker
+
+TP = TopicPartition("triage.studies", 0)
+
+
+def test_out_of_order_completion_commits_only_up_to_the_lowest_unfinished():
+    t = OffsetTracker()
+    for off in range(5):
+        t.add(TP, off)
+    t.done(TP, 3)
+    t.done(TP, 1)
+    assert t.committable() == {TP: 0}
+    t.done(TP, 0)
+    assert t.committable() == {TP: 2}
+    t.mark_committed({TP: 2})
+    assert t.committable() == {}
+    t.done(TP, 2)
+    t.done(TP, 4)
+    assert t.committable() == {TP: 5}
+
+
+def test_revoked_partitions_are_never_committed_again():
+    t = OffsetTracker()
+    t.add(TP, 7)
+    t.forget({TP})
+    t.done(TP, 7)
+    assert t.committable() == {} and t.in_flight() == 0
