@@ -91,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from triage.inference.registry import DEFAULT_MODELS, check_models
 
-    models_dir = Path(args.models_dir) if args.models_dir else DEFAULT_MODELS
+    models_dir = _settings(args).models_dir or DEFAULT_MODELS
     checks = check_models(models_dir)
     if args.action == "verify":
         for c in checks:

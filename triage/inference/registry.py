@@ -22,7 +22,10 @@ from triage.preprocess import preprocess, to_source_slice
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "models"
+# A checkout (or editable install) keeps its models beside the package; an installed
+# package reads ./models unless TRIAGE_MODELS_DIR or --models says otherwise.
+_CHECKOUT_MODELS = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODELS = _CHECKOUT_MODELS if (_CHECKOUT_MODELS.parent / "pyproject.toml").exists() else Path("models")
 
 
 @dataclass(frozen=True)
