@@ -4,11 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test install install-test schemas clean help
+.PHONY: demo test install install-test schemas clean help kafka-up kafka-down
 
 help:
 	@echo "make demo   - create .venv, install, run 'triage demo' (writes demo-out/)"
 	@echo "make test   - install the test extras and run the whole test suite"
+	@echo "make kafka-up / kafka-down - start / stop a local Apache Kafka broker (KRaft)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,13 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# A single-node Apache Kafka (KRaft) on 127.0.0.1:$${KAFKA_PORT:-9092}, data under .kafka/
+kafka-up:
+	scripts/kafka/broker.sh up $${KAFKA_PORT:-9092} .kafka
+
+kafka-down:
+	scripts/kafka/broker.sh down .kafka
 
 schemas: install
 	$(VENV)/bin/triage schemas --write

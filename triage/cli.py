@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     level = {0: logging.WARNING if args.command in ("score", "models", "schemas", "submit") else logging.INFO,
              1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.verbose < 2:
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
     if args.command == "score" and not args.verbose:
         logging.getLogger("triage.pipeline").setLevel(logging.ERROR)  # the CLI prints the one line itself
     try:

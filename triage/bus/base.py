@@ -36,11 +36,15 @@ class SendHandle(Protocol):
     def error(self) -> BaseException | None: ...
 
 
-RebalanceCallback = Callable[[set[TopicPartition]], None]
+AssignedCallback = Callable[[set[TopicPartition]], None]
+# Called when partitions are taken away. ``can_commit`` is False when the member was
+# evicted (the partitions are already lost). Returns the final offsets to commit for
+# them, which the source commits before it lets the partitions go.
+RevokedCallback = Callable[[set[TopicPartition], bool], dict[TopicPartition, int]]
 
 
 class Source(Protocol):
-    def subscribe(self, topics: list[str], on_assigned: RebalanceCallback, on_revoked: RebalanceCallback) -> None: ...
+    def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None: ...
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]: ...
 

@@ -11,7 +11,7 @@ import time
 import zlib
 from typing import Iterable
 
-from triage.bus.base import Message, RebalanceCallback, TopicPartition
+from triage.bus.base import AssignedCallback, Message, RevokedCallback, TopicPartition
 
 
 class MemoryBroker:
@@ -91,7 +91,7 @@ class MemorySource:
         self._paused: set[TopicPartition] = set()
         self._position: dict[TopicPartition, int] = {}
 
-    def subscribe(self, topics: list[str], on_assigned: RebalanceCallback, on_revoked: RebalanceCallback) -> None:
+    def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None:
         self._assigned = set().union(*(self.broker.partitions(t) for t in topics))
         self._position = {tp: self.broker.committed(self.group, tp) for tp in self._assigned}
         on_assigned(set(self._assigned))

@@ -77,6 +77,7 @@ class Host:
         self._paused: set[TopicPartition] = set()
         self._last_commit = 0.0
         self._last_lag = 0.0
+        self._closed = False
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -216,12 +217,12 @@ class Host:
             if self.on_event:
                 self.on_event(task.event)
 
-    def _maybe_commit(self, force: bool = False, only: set[TopicPartition] | None = None) -> None:
+    def _maybe_commit(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_commit < self.options.commit_interval_s:
             return
         self._last_commit = now
-        scope = self.source.assignment() if only is None else only
+        scope = self.source.assignment()
         offsets = {tp: off for tp, off in self.tracker.committable().items() if tp in scope}
         if offsets:
             try:
@@ -241,14 +242,19 @@ class Host:
         metrics.REBALANCES.labels("assigned").inc()
         log.info("assigned %d partition(s)", len(partitions))
 
-    def _on_revoked(self, partitions: set[TopicPartition]) -> None:
-        """Finish what can finish in a bounded time, commit it, and let go of the rest."""
-        metrics.REBALANCES.labels("revoked").inc()
-        deadline = time.monotonic() + self.options.revoke_timeout_s
+    def _on_revoked(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
+        """Finish what can finish in a bounded time, and return the offsets to commit.
+
+        Runs while the consumer thread is inside ``poll`` (see the sources), so it owns the
+        host's state. After it returns this member never commits for these partitions.
+        """
+        metrics.REBALANCES.labels("revoked" if can_commit else "lost").inc()
         mine = [t for t, task in self._tasks.items() if task.message.tp in partitions]
-        while any(t in self._tasks for t in mine) and time.monotonic() < deadline:
-            self._pump(0.1)
-        self._maybe_commit(force=True, only=partitions)
+        if can_commit and not self._closed:
+            deadline = time.monotonic() + self.options.revoke_timeout_s
+            while any(t in self._tasks for t in mine) and time.monotonic() < deadline:
+                self._pump(0.1)
+        final = {tp: off for tp, off in self.tracker.committable().items() if tp in partitions} if can_commit else {}
         dropped = 0
         for t in mine:
             task = self._tasks.pop(t, None)
@@ -257,9 +263,13 @@ class Host:
                 self.pool.forget(t)
                 self._publishing.discard(t)
                 self._by_offset.pop((task.message.tp, task.message.offset), None)
+        self._retry = [(due, t) for due, t in self._retry if t in self._tasks]
+        heapq.heapify(self._retry)
         self.tracker.forget(partitions)
         self._paused -= partitions
-        log.info("revoked %d partition(s); %d unfinished studies left for the next owner", len(partitions), dropped)
+        log.info("%s %d partition(s); %d unfinished studies left for the next owner",
+                 "revoked" if can_commit else "lost", len(partitions), dropped)
+        return final
 
     # -- shutdown -----------------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -279,6 +289,7 @@ class Host:
         log.info("shutdown 3/5: commit")
         self._maybe_commit(force=True)
         log.info("shutdown 4/5: close pool, producer and consumer")
+        self._closed = True
         self.pool.shutdown()
         self.sink.flush(10.0)
         self.sink.close()

@@ -1,0 +1,245 @@
+"""Apache Kafka source and sink (kafka-python), behind the :mod:`triage.bus.base` interface.
+
+* The consumer never auto-commits: the host commits, per partition, only offsets whose
+  priority events the broker has acknowledged.
+* The producer is idempotent with ``acks=all``; events are keyed by StudyInstanceUID.
+* Security (TLS, SASL PLAIN/SCRAM) comes from ``TRIAGE_KAFKA_*`` variables or arguments,
+  read once in :meth:`KafkaConfig.load` and validated together.
+
+A source or sink belongs to the host's consumer thread; kafka-python's own background
+threads (heartbeat, producer I/O) are guarded by the library.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
+
+from triage.bus.base import AssignedCallback, Message, RevokedCallback, TopicPartition
+from triage.errors import BusError, ConfigError
+
+log = logging.getLogger(__name__)
+
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str
+    group: str = "triage"
+    client_id: str = "triage"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    request_timeout_ms: int = 30_000
+    max_block_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap or ":" not in self.bootstrap:
+            raise ConfigError(f"bootstrap must be HOST:PORT[,HOST:PORT], not {self.bootstrap!r}")
+        if self.security_protocol not in _PROTOCOLS:
+            raise ConfigError(f"security protocol must be one of {', '.join(_PROTOCOLS)}")
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and self.sasl_mechanism not in _MECHANISMS:
+            raise ConfigError(f"SASL needs a mechanism, one of {', '.join(_MECHANISMS)}")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ConfigError("SASL needs a username and a password")
+        if not sasl and self.sasl_mechanism:
+            raise ConfigError(f"a SASL mechanism was set but the protocol is {self.security_protocol}")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ConfigError("heartbeat interval must be at most a third of the session timeout")
+        if self.session_timeout_ms >= self.request_timeout_ms:
+            raise ConfigError("session timeout must be below the request timeout")
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ConfigError("max poll interval must not be below the session timeout")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "KafkaConfig":
+        """Arguments win over ``TRIAGE_KAFKA_<NAME>`` variables (e.g. TRIAGE_KAFKA_SASL_PASSWORD)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = overrides.get(f.name)
+            if raw is None:
+                raw = environ.get(f"TRIAGE_KAFKA_{f.name.upper()}")
+            if raw in (None, ""):
+                continue
+            try:
+                values[f.name] = int(raw) if f.name.endswith("_ms") else str(raw)
+            except ValueError:
+                raise ConfigError(f"{f.name} must be a number of milliseconds, not {raw!r}") from None
+        if "bootstrap" not in values:
+            raise ConfigError("no Kafka bootstrap servers: pass --bootstrap or set TRIAGE_KAFKA_BOOTSTRAP")
+        return cls(**values)
+
+    def client_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"bootstrap_servers": self.bootstrap.split(","), "client_id": self.client_id,
+                                "security_protocol": self.security_protocol,
+                                "request_timeout_ms": self.request_timeout_ms}
+        if self.sasl_mechanism:
+            args.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=self.sasl_password)
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                args[name] = getattr(self, name)
+        return args
+
+
+def _tp(tp) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+class KafkaSource:
+    def __init__(self, config: KafkaConfig):
+        from kafka import KafkaConsumer
+
+        self.config = config
+        self._consumer = KafkaConsumer(
+            group_id=config.group, enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.heartbeat_interval_ms,
+            max_poll_interval_ms=config.max_poll_interval_ms, **config.client_args())
+
+    def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None:
+        """Rebalance callbacks run on kafka-python's IO loop while the consumer thread waits
+        inside :meth:`poll` (or :meth:`close`), so they never race the host's own loop.
+        The final commit for revoked partitions is awaited before the member rejoins."""
+        from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+
+        source = self
+
+        class Listener(AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked):
+                if revoked:
+                    offsets = on_revoked({_tp(tp) for tp in revoked}, True)
+                    if offsets:
+                        await source._commit_in_rebalance(offsets)
+
+            async def on_partitions_assigned(self, assigned):
+                on_assigned({_tp(tp) for tp in assigned})
+
+            async def on_partitions_lost(self, lost):
+                if lost:
+                    on_revoked({_tp(tp) for tp in lost}, False)
+
+        self._consumer.subscribe(topics, listener=Listener())
+
+    async def _commit_in_rebalance(self, offsets: dict[TopicPartition, int]) -> None:
+        # consumer.commit() would wait for the IO loop we are running on; await the same
+        # coroutine kafka-python uses for its own pre-rebalance auto-commit instead.
+        from kafka.errors import KafkaError
+
+        try:
+            await self._consumer._coordinator._commit_offsets_sync_async(self._kafka_offsets(offsets), 5_000)
+        except KafkaError as exc:
+            log.warning("commit before giving up partitions failed (%s); the next owner redoes that work",
+                        type(exc).__name__)
+
+    @staticmethod
+    def _kafka_offsets(offsets: dict[TopicPartition, int]):
+        from kafka import TopicPartition as KTP
+        from kafka.structs import OffsetAndMetadata
+
+        return {KTP(tp.topic, tp.partition): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        from kafka.errors import KafkaError
+
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max(1, max_records))
+        except KafkaError as exc:
+            log.warning("poll failed (%s); will poll again", type(exc).__name__)
+            return []
+        return [Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
+                for records in batches.values() for r in records]
+
+    def assignment(self) -> set[TopicPartition]:
+        return {_tp(tp) for tp in self._consumer.assignment()}
+
+    def _kafka_tps(self, partitions: Iterable[TopicPartition]):
+        from kafka import TopicPartition as KTP
+
+        assigned = self.assignment()
+        return [KTP(tp.topic, tp.partition) for tp in partitions if tp in assigned]
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = self._kafka_tps(partitions)
+        if tps:
+            self._consumer.pause(*tps)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = self._kafka_tps(partitions)
+        if tps:
+            self._consumer.resume(*tps)
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self._consumer.commit(self._kafka_offsets(offsets))
+        except KafkaError as exc:
+            raise BusError(f"commit failed ({type(exc).__name__})") from None
+
+    def lag(self) -> dict[TopicPartition, int]:
+        from kafka.errors import KafkaError
+
+        tps = list(self._consumer.assignment())
+        if not tps:
+            return {}
+        try:
+            ends = self._consumer.end_offsets(tps)
+            return {_tp(tp): ends[tp] - (self._consumer.committed(tp) or 0) for tp in tps}
+        except KafkaError:
+            return {}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class _Sent:
+    def __init__(self, future=None, error: BaseException | None = None):
+        self._future, self._error = future, error
+
+    def is_done(self) -> bool:
+        return self._future is None or self._future.is_done
+
+    def error(self) -> BaseException | None:
+        if self._future is None:
+            return self._error
+        return self._future.exception if self._future.failed() else None
+
+
+class KafkaSink:
+    def __init__(self, config: KafkaConfig):
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                                       max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000,
+                                       **config.client_args())
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> _Sent:
+        from kafka.errors import KafkaError
+
+        try:
+            return _Sent(self._producer.send(topic, key=key, value=value, headers=list(headers or [])))
+        except KafkaError as exc:  # e.g. metadata not available while the broker restarts
+            return _Sent(error=exc)
+
+    def flush(self, timeout_s: float) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            log.warning("flush did not complete (%s)", type(exc).__name__)
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
