@@ -40,26 +40,28 @@ class Pipeline:
     """Holds one process's models, rules and policy. Not thread-safe; one per process."""
 
     def __init__(self, registry: ModelRegistry, router: Router, policy: Policy, *,
-                 max_voxels: int, decode_threads: int = 2):
+                 max_voxels: int, decode_threads: int = 2, fetch_timeout_s: float = 60.0):
         self.registry = registry
         self.router = router
         self.policy = policy
         self.max_voxels = max_voxels
         self.decode_threads = decode_threads
+        self.fetch_timeout_s = fetch_timeout_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
         registry = ModelRegistry(settings.models_dir, settings.runtime)
         router = Router.from_file(settings.rules, {n: m.applies_to for n, m in registry.manifests.items()})
         return cls(registry, router, Policy.from_file(settings.policy),
-                   max_voxels=settings.max_voxels, decode_threads=settings.decode_threads)
+                   max_voxels=settings.max_voxels, decode_threads=settings.decode_threads,
+                   fetch_timeout_s=settings.fetch_timeout_s)
 
     def process(self, study: StudyEvent) -> Outcome:
         started = time.perf_counter()
         clock = {"decode": 0.0, "infer": 0.0, "score": 0.0}
         inputs = study.source.uri
         try:
-            with local_study(study.source.uri) as folder:
+            with local_study(study.source.uri, self.fetch_timeout_s) as folder:
                 t = time.perf_counter()
                 series = scan_study(folder)
                 inputs = _input_fingerprint(series)

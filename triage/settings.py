@@ -24,6 +24,7 @@ class Settings:
     providers: str = "auto"
     processes: int = 2
     ort_threads: int = 0  # 0: cores / processes, so N processes do not oversubscribe the cores
+    fetch_timeout_s: int = 60  # DICOMweb retrieve timeout per study
     metrics_port: int = 0  # 0: do not serve /metrics
     metrics_host: str = "127.0.0.1"
 

@@ -36,7 +36,9 @@ up() {
   if [ -f "$data/broker.pid" ] && kill -0 "$(cat "$data/broker.pid")" 2>/dev/null; then
     echo "kafka: already running (pid $(cat "$data/broker.pid")) on $(cat "$data/port")"; return 0
   fi
-  local cport; cport="$(free_port)"
+  local cport
+  if [ -f "$data/controller-port" ]; then cport="$(cat "$data/controller-port")"; else cport="$(free_port)"; fi
+  echo "$cport" > "$data/controller-port"
   cat > "$data/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1

@@ -106,7 +106,8 @@ class KafkaSource:
         self._consumer = KafkaConsumer(
             group_id=config.group, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.heartbeat_interval_ms,
-            max_poll_interval_ms=config.max_poll_interval_ms, **config.client_args())
+            max_poll_interval_ms=config.max_poll_interval_ms, metadata_max_age_ms=30_000,
+            **config.client_args())
 
     def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None:
         """Rebalance callbacks run on kafka-python's IO loop while the consumer thread waits
@@ -130,7 +131,20 @@ class KafkaSource:
                 if lost:
                     on_revoked({_tp(tp) for tp in lost}, False)
 
+        self._await_topics(topics)
         self._consumer.subscribe(topics, listener=Listener())
+
+    def _await_topics(self, topics: list[str], timeout_s: float = 60.0) -> None:
+        """Know each topic's partitions before joining: a join that races the first metadata
+        answer gets no partitions and would wait for the next metadata refresh."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        for topic in topics:
+            while not self._consumer.partitions_for_topic(topic):
+                if time.monotonic() > deadline:
+                    raise BusError(f"topic {topic} has no partitions (does it exist? is the broker up?)")
+                time.sleep(0.2)
 
     async def _commit_in_rebalance(self, offsets: dict[TopicPartition, int]) -> None:
         # consumer.commit() would wait for the IO loop we are running on; await the same

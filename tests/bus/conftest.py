@@ -1,0 +1,61 @@
+"""The Kafka tests run against a real Apache Kafka broker that this suite starts itself.
+Without Java or Maven they skip locally; under CI=true they fail instead."""
+from __future__ import annotations
+
+import pytest
+
+from tests.bus.kafka_harness import Broker, Pool, StudyServer, free_port, java_and_maven_missing
+from tests.helpers import in_ci, make_model_dir, rules_file, write_series
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    missing = java_and_maven_missing()
+    if missing:
+        if in_ci():
+            pytest.fail(f"Kafka tests need a real broker but {missing}")
+        pytest.skip(f"Kafka tests need a real broker but {missing}")
+    b = Broker(port=free_port(), data=tmp_path_factory.mktemp("kafka"))
+    b.up()
+    yield b
+    b.down()
+
+
+@pytest.fixture(scope="session")
+def model_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kafka-models")
+    make_model_dir(root / "models", "brightspot", window=(0, 2000), shape=(4, 64, 64))
+    rules = rules_file(root / "rules.yaml", [{"name": "ct", "match": {"modality": "CT"}, "models": ["brightspot"]}])
+    study = root / "studies" / "ct4"
+    write_series(study, 4)
+    return root / "models", rules, root / "studies"
+
+
+@pytest.fixture
+def pool(broker, model_setup, tmp_path, request):
+    models, rules, _ = model_setup
+    name = "t" + request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40]
+    p = Pool(broker, name, tmp_path, models, rules)
+    yield p
+    p.close()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(p.logs())
+
+
+@pytest.fixture
+def studies(model_setup):
+    return model_setup[2]
+
+
+@pytest.fixture
+def wado(model_setup):
+    server = StudyServer(model_setup[2])
+    yield server
+    server.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
