@@ -54,6 +54,8 @@ class Source(Protocol):
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
 
+    def paused(self) -> set[TopicPartition]: ...
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit, per partition, the offset of the next message to read."""
 

@@ -194,6 +194,9 @@ class KafkaSource:
         if tps:
             self._consumer.resume(*tps)
 
+    def paused(self) -> set[TopicPartition]:
+        return {_tp(tp) for tp in self._consumer.paused()}
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from kafka.errors import KafkaError
 

@@ -115,6 +115,9 @@ class MemorySource:
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self._paused -= set(partitions)
 
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.broker.commit(self.group, offsets)
 

@@ -74,10 +74,10 @@ class Host:
         self._retry: list[tuple[float, int]] = []
         self._ids = itertools.count()
         self._stop = threading.Event()
-        self._paused: set[TopicPartition] = set()
         self._last_commit = 0.0
         self._last_lag = 0.0
         self._closed = False
+        self._finished = 0
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -104,15 +104,17 @@ class Host:
         return max(0, self.options.max_in_flight - len(self._tasks))
 
     def _flow_control(self) -> None:
+        """Pause every assigned partition while in-flight work is at its limit, else resume.
+
+        Reads the pause state back from the source each time: a rebalance may hand back a
+        partition still paused from before, and must not leave it paused forever."""
         assigned = self.source.assignment()
+        paused = self.source.paused() & assigned
         if self._room() == 0 or self._stop.is_set():
-            newly = assigned - self._paused
-            if newly:
-                self.source.pause(newly)
-                self._paused |= newly
-        elif self._paused:
-            self.source.resume(self._paused & assigned)
-            self._paused.clear()
+            if assigned - paused:
+                self.source.pause(assigned - paused)
+        elif paused:
+            self.source.resume(paused)
         metrics.IN_FLIGHT.set(len(self._tasks))
 
     def _accept(self, msg: Message) -> None:
@@ -209,6 +211,7 @@ class Host:
         m = task.message
         self._by_offset.pop((m.tp, m.offset), None)
         self.tracker.done(m.tp, m.offset)
+        self._finished += 1
         if task.event is not None:
             metrics.observe_event(task.event)
             latency = _since(_received_at(m.value))
@@ -232,8 +235,10 @@ class Host:
                 return
             self.tracker.mark_committed(offsets)
             metrics.COMMITS.inc()
-        if now - self._last_lag > 5 or force:
+        if now - self._last_lag > 10 or force:
             self._last_lag = now
+            log.info("status: %d in flight, %d finished, %d partition(s) assigned, %d paused, %d retrying",
+                     len(self._tasks), self._finished, len(scope), len(self.source.paused()), len(self._retry))
             for tp, lag in self.source.lag().items():
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
 
@@ -266,7 +271,6 @@ class Host:
         self._retry = [(due, t) for due, t in self._retry if t in self._tasks]
         heapq.heapify(self._retry)
         self.tracker.forget(partitions)
-        self._paused -= partitions
         log.info("%s %d partition(s); %d unfinished studies left for the next owner",
                  "revoked" if can_commit else "lost", len(partitions), dropped)
         return final
