@@ -1,7 +1,7 @@
 # Runtime image: the worker, without torch (models run on ONNX Runtime).
 FROM python:3.11-slim
 WORKDIR /app
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TRIAGE_MODELS_DIR=/app/models
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TRIAGE_MODELS_DIR=/app/models TRIAGE_METRICS_HOST=0.0.0.0
 COPY pyproject.toml README.md ./
 COPY triage ./triage
 COPY models ./models

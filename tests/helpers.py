@@ -8,6 +8,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +119,47 @@ def rules_file(path: Path, rules: list[dict]) -> Path:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+class StudyServer:
+    """DICOMweb WADO-RS over loopback serving study folders, with an optional delay per study:
+    GET /wado/<delay_s>/studies/<name> answers after delay_s seconds (a slow PACS)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        server_root = root
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                parts = self.path.strip("/").split("/")
+                if len(parts) != 4 or parts[0] != "wado" or parts[2] != "studies":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                time.sleep(float(parts[1]))
+                folder = server_root / parts[3]
+                if parts[3] == "busy" or not folder.is_dir():
+                    self.send_response(503 if parts[3] == "busy" else 404)
+                    self.end_headers()
+                    return
+                boundary = "b0undary"
+                body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f.read_bytes()
+                                + b"\r\n" for f in sorted(folder.iterdir()))
+                body += f"--{boundary}--\r\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={boundary}')
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def uri(self, name: str, delay_s: float = 0.0) -> str:
+        return f"dicomweb+http://127.0.0.1:{self.server.server_address[1]}/wado/{delay_s:g}/studies/{name}"
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -1,54 +1,28 @@
 """triage/fetch.py: file:// in place, DICOMweb WADO-RS multipart retrieve over loopback."""
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import shutil
 
 import pytest
 
-from tests.helpers import ref
+from tests.helpers import StudyServer, ref
 from triage.dicom import decode_series, scan_study
 from triage.errors import SourceError, SourceUnavailableError
 from triage.fetch import local_study
 
-BOUNDARY = "triage-test-boundary"
-
-
-class _Wado(BaseHTTPRequestHandler):
-    files = [ref("MR_small.dcm"), ref("CT_small.dcm")]
-
-    def do_GET(self):  # noqa: N802 (http.server API)
-        if self.path.startswith("/dicom-web/studies/1.2.3"):
-            body = b""
-            for f in self.files:
-                body += (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").encode() + f.read_bytes() + b"\r\n"
-            body += f"--{BOUNDARY}--\r\n".encode()
-            self.send_response(200)
-            self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        elif self.path.startswith("/dicom-web/studies/busy"):
-            self.send_response(503)
-            self.end_headers()
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
-def wado():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Wado)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"dicomweb+http://127.0.0.1:{server.server_address[1]}/dicom-web"
-    server.shutdown()
+def wado(tmp_path):
+    (tmp_path / "study").mkdir()
+    shutil.copy(ref("MR_small.dcm"), tmp_path / "study")
+    shutil.copy(ref("CT_small.dcm"), tmp_path / "study")
+    server = StudyServer(tmp_path)
+    yield server
+    server.close()
 
 
 def test_dicomweb_study_is_retrieved_and_decodes(wado):
-    with local_study(f"{wado}/studies/1.2.3") as folder:
+    with local_study(wado.uri("study")) as folder:
         series = scan_study(folder)
         assert sorted(s.modality for s in series) == ["CT", "MR"]
         mr = next(s for s in series if s.modality == "MR")
@@ -59,12 +33,18 @@ def test_dicomweb_study_is_retrieved_and_decodes(wado):
 
 def test_server_errors_are_retriable_and_client_errors_are_not(wado):
     with pytest.raises(SourceUnavailableError, match="answered 503"):
-        with local_study(f"{wado}/studies/busy"):
+        with local_study(wado.uri("busy")):
             pass
     with pytest.raises(SourceError, match="answered 404") as err:
-        with local_study(f"{wado}/studies/unknown"):
+        with local_study(wado.uri("unknown")):
             pass
     assert not err.value.retriable
+
+
+def test_slow_server_times_out_as_retriable(wado):
+    with pytest.raises(SourceUnavailableError, match="not reachable"):
+        with local_study(wado.uri("study", delay_s=3), timeout=0.5):
+            pass
 
 
 def test_unreachable_server_is_retriable():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bus.kafka_harness import Broker, Pool, StudyServer, free_port, java_and_maven_missing
-from tests.helpers import in_ci, make_model_dir, rules_file, write_series
+from tests.bus.kafka_harness import Broker, Pool, free_port, java_and_maven_missing
+from tests.helpers import StudyServer, in_ci, make_model_dir, rules_file, write_series
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,46 +218,6 @@ class Pool:
 
     def logs(self) -> str:
         return "\n".join(f"--- {h.log.name} ---\n{h.log_text()[-4000:]}" for h in self.hosts)
-
-
-class StudyServer:
-    """DICOMweb WADO-RS over loopback serving study folders, with an optional delay per study:
-    GET /wado/<delay_s>/studies/<name> answers after delay_s seconds (a slow PACS)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        server_root = root
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 4 or parts[0] != "wado" or parts[2] != "studies":
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                time.sleep(float(parts[1]))
-                folder = server_root / parts[3]
-                boundary = "b0undary"
-                body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f.read_bytes()
-                                + b"\r\n" for f in sorted(folder.iterdir()))
-                body += f"--{boundary}--\r\n".encode()
-                self.send_response(200)
-                self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={boundary}')
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def uri(self, name: str, delay_s: float = 0.0) -> str:
-        return f"dicomweb+http://127.0.0.1:{self.server.server_address[1]}/wado/{delay_s:g}/studies/{name}"
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def java_and_maven_missing() -> str | None:

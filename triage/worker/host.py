@@ -161,7 +161,12 @@ class Host:
             metrics.RETRIES.labels(result.error_kind).inc()
             heapq.heappush(self._retry, (time.monotonic() + delay, task_id))
             return
-        event = parse_priority_event(result.event_json)
+        if result.event_json:
+            event = parse_priority_event(result.event_json)
+        else:
+            error = TriageError(result.error_message or "worker error")
+            event = self.pipeline.failed_event(parse_study_event(task.message.value), error)
+            result = Result(to_json(event), error.kind, str(error), False)
         task.event = event
         self._send(task, self.topics.priority, event.study_instance_uid.encode(), result.event_json.encode(), [])
         if result.error_kind is not None:

@@ -97,6 +97,9 @@ class WorkerPool:
             except BrokenProcessPool:
                 broken = True
                 continue
+            except Exception as exc:  # the pipeline never raises; this is a pickling or memory failure
+                log.error("worker returned an error instead of an event: %s", type(exc).__name__)
+                result = Result("", "internal", f"worker process error ({type(exc).__name__})", False)
             if self._payloads.pop(task_id, None) is not None:
                 out.append((task_id, result))
         if broken:
@@ -107,6 +110,7 @@ class WorkerPool:
         redo = dict(self._payloads)
         log.error("a worker process died; restarting the pool and redoing %d in-flight studies", len(redo))
         metrics.WORKER_RESTARTS.inc()
+        time.sleep(0.5)  # a pool that cannot start at all must not spin
         self._kill_processes()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new_executor()
