@@ -112,7 +112,7 @@ class KafkaSource:
     def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None:
         """Rebalance callbacks run on kafka-python's IO loop while the consumer thread waits
         inside :meth:`poll` (or :meth:`close`), so they never race the host's own loop.
-        The final commit for revoked partitions is awaited before the member rejoins."""
+        The final commit for revoked partitions is queued before the member rejoins."""
         from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
         source = self
@@ -122,7 +122,7 @@ class KafkaSource:
                 if revoked:
                     offsets = on_revoked({_tp(tp) for tp in revoked}, True)
                     if offsets:
-                        await source._commit_in_rebalance(offsets)
+                        source._commit_in_rebalance(offsets)
 
             async def on_partitions_assigned(self, assigned):
                 on_assigned({_tp(tp) for tp in assigned})
@@ -146,13 +146,16 @@ class KafkaSource:
                     raise BusError(f"topic {topic} has no partitions (does it exist? is the broker up?)")
                 time.sleep(0.2)
 
-    async def _commit_in_rebalance(self, offsets: dict[TopicPartition, int]) -> None:
-        # consumer.commit() would wait for the IO loop we are running on; await the same
-        # coroutine kafka-python uses for its own pre-rebalance auto-commit instead.
+    def _commit_in_rebalance(self, offsets: dict[TopicPartition, int]) -> None:
+        # We run on kafka-python's IO loop, so a blocking commit would wait for ourselves,
+        # and awaiting its internal commit coroutine here was seen to stall the rejoin.
+        # The asynchronous commit is queued now, before the member gives the partitions
+        # up; if the broker refuses it because the group already moved on, the next owner
+        # redoes that work, and the deterministic event_id marks the repeat.
         from kafka.errors import KafkaError
 
         try:
-            await self._consumer._coordinator._commit_offsets_sync_async(self._kafka_offsets(offsets), 5_000)
+            self._consumer.commit_async(self._kafka_offsets(offsets))
         except KafkaError as exc:
             log.warning("commit before giving up partitions failed (%s); the next owner redoes that work",
                         type(exc).__name__)
