@@ -37,10 +37,21 @@ class SendHandle(Protocol):
 
 
 AssignedCallback = Callable[[set[TopicPartition]], None]
-# Called when partitions are taken away. ``can_commit`` is False when the member was
-# evicted (the partitions are already lost). Returns the final offsets to commit for
-# them, which the source commits before it lets the partitions go.
-RevokedCallback = Callable[[set[TopicPartition], bool], dict[TopicPartition, int]]
+
+
+class Revocation(Protocol):
+    """The host's side of giving partitions up, driven by the source during a rebalance."""
+
+    def step(self) -> bool:
+        """Make progress without blocking; True while their in-flight work may still finish."""
+
+    def finish(self) -> dict[TopicPartition, int]:
+        """Let the partitions go; returns the offsets to commit for them (none when lost)."""
+
+
+# Called when partitions are taken away; ``can_commit`` is False when the member was
+# evicted and the partitions are already lost.
+RevokedCallback = Callable[[set[TopicPartition], bool], Revocation]
 
 
 class Source(Protocol):

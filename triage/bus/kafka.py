@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
 
@@ -108,11 +110,14 @@ class KafkaSource:
             session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.heartbeat_interval_ms,
             max_poll_interval_ms=config.max_poll_interval_ms, metadata_max_age_ms=30_000,
             **config.client_args())
+        self._idle = threading.Event()
+        self._idle.set()
 
     def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None:
-        """Rebalance callbacks run on kafka-python's IO loop while the consumer thread waits
-        inside :meth:`poll` (or :meth:`close`), so they never race the host's own loop.
-        The final commit for revoked partitions is queued before the member rejoins."""
+        """Rebalance callbacks run on kafka-python's IO loop. While one runs, :meth:`poll`
+        keeps the consumer thread parked, so callbacks and the host's loop never interleave.
+        Waiting for in-flight work awaits the loop's own sleep, so the loop (heartbeats
+        included) keeps running; the final commit is queued before the member rejoins."""
         from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
         source = self
@@ -120,25 +125,41 @@ class KafkaSource:
         class Listener(AsyncConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked):
                 if revoked:
-                    offsets = on_revoked({_tp(tp) for tp in revoked}, True)
-                    if offsets:
-                        source._commit_in_rebalance(offsets)
+                    await source._give_up({_tp(tp) for tp in revoked}, on_revoked, True)
 
             async def on_partitions_assigned(self, assigned):
-                on_assigned({_tp(tp) for tp in assigned})
+                source._idle.clear()
+                try:
+                    on_assigned({_tp(tp) for tp in assigned})
+                finally:
+                    source._idle.set()
 
             async def on_partitions_lost(self, lost):
                 if lost:
-                    on_revoked({_tp(tp) for tp in lost}, False)
+                    await source._give_up({_tp(tp) for tp in lost}, on_revoked, False)
 
         self._await_topics(topics)
         self._consumer.subscribe(topics, listener=Listener())
 
+    async def _give_up(self, partitions: set[TopicPartition], on_revoked: RevokedCallback, can_commit: bool) -> None:
+        self._idle.clear()
+        try:
+            revocation = on_revoked(partitions, can_commit)
+            net = getattr(getattr(self._consumer, "_coordinator", None), "_net", None)
+            while revocation.step():
+                if net is not None:
+                    await net.sleep(0.05)
+                else:  # an older client without the IO loop: a short blocking wait
+                    time.sleep(0.05)
+            offsets = revocation.finish()
+            if offsets and can_commit:
+                self._commit_in_rebalance(offsets)
+        finally:
+            self._idle.set()
+
     def _await_topics(self, topics: list[str], timeout_s: float = 60.0) -> None:
         """Know each topic's partitions before joining: a join that races the first metadata
         answer gets no partitions and would wait for the next metadata refresh."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         for topic in topics:
             while not self._consumer.partitions_for_topic(topic):
@@ -174,7 +195,8 @@ class KafkaSource:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max(1, max_records))
         except KafkaError as exc:
             log.warning("poll failed (%s); will poll again", type(exc).__name__)
-            return []
+            batches = {}
+        self._idle.wait()  # a rebalance callback may still run on the IO loop: never alongside it
         return [Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
                 for records in batches.values() for r in records]
 

@@ -6,6 +6,7 @@ decoded by a small thread pool (the codecs release the GIL) that writes straight
 """
 from __future__ import annotations
 
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -212,10 +213,13 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
     def decode_file(i: int) -> None:
         rel = files[i]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(series.root / rel)
-                arr = ds.pixel_array
+            ds = series.headers[i]
+            arr = _read_native(series.root / rel, ds)
+            if arr is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(series.root / rel)
+                    arr = ds.pixel_array
         except (NotImplementedError, RuntimeError) as exc:
             raise UnsupportedImageError(f"cannot decode pixel data ({_short(exc)})", path=rel) from None
         except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
@@ -247,6 +251,46 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
     return Volume(array=out, spacing_zyx=(z_spacing, spacing_yx[0], spacing_yx[1]), origin=origin,
                   direction=direction, series_instance_uid=series.series_instance_uid,
                   modality=series.modality)
+
+
+_NATIVE_LE = {"1.2.840.10008.1.2": 8, "1.2.840.10008.1.2.1": 12}  # implicit, explicit VR little endian
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _read_native(path, ds: Dataset) -> np.ndarray | None:
+    """Read uncompressed little-endian grey pixels straight from the file, or None.
+
+    The header (already parsed) gives the layout; the pixel element must be the file's last
+    element, which is checked against its tag and length. Anything else goes to pydicom."""
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    head_len = _NATIVE_LE.get(ts)
+    bits, signed = int(ds.get("BitsAllocated", 0)), int(ds.get("PixelRepresentation", 0))
+    if head_len is None or int(ds.get("SamplesPerPixel", 1)) != 1 or bits not in (8, 16):
+        return None
+    frames, rows, cols = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
+    count = frames * rows * cols
+    nbytes = count * bits // 8
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        for length in (nbytes, nbytes + (nbytes & 1)):  # odd lengths are padded to even
+            offset = size - length
+            if offset < head_len:
+                continue
+            f.seek(offset - head_len)
+            head = f.read(head_len)
+            if head[:4] == _PIXEL_TAG and int.from_bytes(head[-4:], "little") == length:
+                f.seek(offset)
+                arr = np.fromfile(f, dtype=("<i" if signed else "<u") + str(bits // 8), count=count)
+                break
+        else:
+            return None
+    if arr.size != count:
+        return None
+    stored = int(ds.get("BitsStored", bits))
+    if stored < bits:  # drop bits above BitsStored, sign-extending signed values
+        shift = bits - stored
+        arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
+    return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
 
 
 def _short(exc: BaseException) -> str:

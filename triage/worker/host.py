@@ -252,23 +252,19 @@ class Host:
         metrics.REBALANCES.labels("assigned").inc()
         log.info("assigned %d partition(s)", len(partitions))
 
-    def _on_revoked(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
-        """Finish what can finish in a bounded time, and return the offsets to commit.
-
-        Runs while the consumer thread is inside ``poll`` (see the sources), so it owns the
-        host's state. After it returns this member never commits for these partitions.
-        """
+    def _on_revoked(self, partitions: set[TopicPartition], can_commit: bool) -> "_Revocation":
+        """Stop taking work for ``partitions``; the source then drives the returned revocation:
+        in-flight work gets up to ``revoke_timeout_s`` to finish, and what finished is committed.
+        After it, this member never commits for these partitions."""
         metrics.REBALANCES.labels("revoked" if can_commit else "lost").inc()
-        mine = [t for t, task in self._tasks.items() if task.message.tp in partitions]
-        if can_commit and not self._closed:
-            deadline = time.monotonic() + self.options.revoke_timeout_s
-            while any(t in self._tasks for t in mine) and time.monotonic() < deadline:
-                self._pump(0.1)
+        return _Revocation(self, partitions, can_commit)
+
+    def _release(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
         final = {tp: off for tp, off in self.tracker.committable().items() if tp in partitions} if can_commit else {}
         dropped = 0
-        for t in mine:
-            task = self._tasks.pop(t, None)
-            if task is not None:
+        for t, task in list(self._tasks.items()):
+            if task.message.tp in partitions:
+                del self._tasks[t]
                 dropped += 1
                 self.pool.forget(t)
                 self._publishing.discard(t)
@@ -336,3 +332,21 @@ def _since(iso: str | None) -> float | None:
     except ValueError:
         return None
     return max(0.0, datetime.now(then.tzinfo).timestamp() - then.timestamp()) if then.tzinfo else None
+
+
+class _Revocation:
+    def __init__(self, host: Host, partitions: set[TopicPartition], can_commit: bool):
+        self.host, self.partitions, self.can_commit = host, partitions, can_commit
+        self.deadline = time.monotonic() + host.options.revoke_timeout_s
+
+    def step(self) -> bool:
+        host = self.host
+        if not self.can_commit or host._closed or time.monotonic() >= self.deadline:
+            return False
+        if not any(t.message.tp in self.partitions for t in host._tasks.values()):
+            return False
+        host._pump(0.0)
+        return True
+
+    def finish(self) -> dict[TopicPartition, int]:
+        return self.host._release(self.partitions, self.can_commit)

@@ -1,0 +1,223 @@
+"""Run the benchmark suite: every figure is a ratio against a peer measured in the same run.
+
+    python -m benchmarks.run            # full: 300-slice 512x512 head CT (make bench)
+    python -m benchmarks.run --quick    # 60-slice 256x256 (make bench-quick)
+
+Writes benchmarks/results/latest.json and latest.md (and PNG plots), and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import peers
+from benchmarks.data import series_pair
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("numpy", "pydicom", "pylibjpeg-openjpeg", "SimpleITK", "onnxruntime", "torch", "monai",
+                 "kafka-python"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"cores": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
+            "platform": platform.platform(), "libraries": versions,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm caches and imports once, untimed
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def row(name: str, ours: float, peer: float | None, unit: str, higher_is_better: bool = False, note: str = "") -> dict:
+    if peer is None:
+        ratio = None
+    else:
+        ratio = (ours / peer) if higher_is_better else (peer / ours)
+    return {"name": name, "ours": round(ours, 4), "peer": None if peer is None else round(peer, 4),
+            "unit": unit, "ratio": None if ratio is None else round(ratio, 3), "note": note}
+
+
+def bench_decode(raw: Path, j2k: Path, repeats: int, log) -> list[dict]:
+    ref = peers.ours(raw)
+    mb = ref.size * 2 / 1e6  # 16-bit stored voxels
+    log(f"decode: {ref.shape[0]} slices {ref.shape[1]}x{ref.shape[2]} ({mb:.0f} MB of voxel data), median of {repeats}")
+    assert np.array_equal(peers.pydicom_file_by_file(raw), ref), "peers disagree with ours"
+    t_ours = median_time(lambda: peers.ours(raw), repeats)
+    rows = [row("decode_ours_mb_per_s", mb / t_ours, None, "MB/s", note="ours, uncompressed")]
+    for name, fn, note in (("decode_vs_pydicom", peers.pydicom_file_by_file, "pydicom dcmread + pixel_array + rescale + np.stack"),
+                           ("decode_vs_simpleitk", peers.simpleitk_series_reader, "SimpleITK ImageSeriesReader"),
+                           ("decode_vs_monai", peers.monai_load_image, "MONAI LoadImage(PydicomReader)")):
+        t = median_time(lambda: fn(raw), repeats)
+        rows.append(row(name, t_ours * 1e3, t * 1e3, "ms", note=note))
+        log(f"  {name}: ours {t_ours * 1e3:.0f} ms, peer {t * 1e3:.0f} ms")
+    t_limit = median_time(lambda: peers.raw_bytes_limit(raw), repeats)
+    rows.append(row("decode_vs_limit", t_ours * 1e3, t_limit * 1e3, "ms",
+                    note="limit: the same files' bytes into numpy, no parsing (ratio < 1: ours is slower)"))
+    t1 = median_time(lambda: peers.ours(j2k, threads=1), repeats)
+    t2 = median_time(lambda: peers.ours(j2k, threads=2), repeats)
+    rows.append(row("j2k_decode_scaling", t2 * 1e3, t1 * 1e3, "ms", note="JPEG 2000 lossless: 2 threads vs 1"))
+    tp = median_time(lambda: peers.pydicom_file_by_file(j2k), repeats)
+    rows.append(row("j2k_decode_vs_pydicom", t2 * 1e3, tp * 1e3, "ms", note="JPEG 2000 lossless"))
+    log(f"  j2k: 1 thread {t1 * 1e3:.0f} ms, 2 threads {t2 * 1e3:.0f} ms, pydicom {tp * 1e3:.0f} ms")
+    return rows
+
+
+def bench_real_files(work: Path, repeats: int, log) -> list[dict]:
+    """The real compressed files of pydicom-data, ours against pydicom file by file."""
+    import shutil
+
+    from triage.demo import find_test_file
+
+    rows = []
+    for name in ("693_J2KR.dcm", "RG1_J2KR.dcm", "emri_small_jpeg_ls_lossless.dcm", "JPEG-LL.dcm"):
+        src = find_test_file(name)
+        if src is None:
+            continue
+        folder = work / "real" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, folder / name)
+        t_ours = median_time(lambda: peers.ours(folder), repeats)
+        t_peer = median_time(lambda: peers.pydicom_file_by_file(folder), repeats)
+        rows.append(row(f"real_{name.removesuffix('.dcm')}_vs_pydicom", t_ours * 1e3, t_peer * 1e3, "ms",
+                        note="pydicom-data file"))
+    log(f"real files: {len(rows)} compared")
+    return rows
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bench_e2e(study: Path, work: Path, n: int, interval_s: float, log) -> tuple[list[dict], dict]:
+    from benchmarks.e2e import Bench
+
+    with Bench(work / "e2e", study) as bench:
+        log(f"end to end: {n} studies at one per {interval_s:g} s, 1 worker process")
+        steady = bench.run(1, n, interval_s)
+        log(f"throughput: bursts of {n} studies with 1 and 2 worker processes")
+        burst1 = bench.run(1, n, 0.0)
+        burst2 = bench.run(2, n, 0.0)
+    lat = steady["latencies_s"]
+    per_hour = {p: r["n"] / r["wall_s"] * 3600 for p, r in ((1, burst1), (2, burst2))}
+    rows = [
+        row("e2e_p50_s", percentile(lat, 50), None, "s", note="produce → priority event received, steady rate"),
+        row("e2e_p95_s", percentile(lat, 95), None, "s"),
+        row("e2e_p99_s", percentile(lat, 99), None, "s"),
+        row("throughput_studies_per_hour_1proc", per_hour[1], None, "studies/h"),
+        row("throughput_studies_per_hour_2proc", per_hour[2], per_hour[1], "studies/h", higher_is_better=True,
+            note="ratio: 2 processes vs 1"),
+        row("peak_rss_mb", max(steady["peak_rss_mb"], burst2["peak_rss_mb"]), None, "MB",
+            note="peak RSS of one worker process (VmHWM)"),
+    ]
+    return rows, {"latencies_s": lat, "throughput": per_hour}
+
+
+def plots(raw: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    if raw.get("latencies_s"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(raw["latencies_s"], bins=20, color="#3b6ea8")
+        ax.set_xlabel("seconds from study event to priority event")
+        ax.set_ylabel("studies")
+        ax.set_title("End-to-end latency through Kafka (1 worker process)")
+        fig.tight_layout()
+        fig.savefig(out / "latency.png", dpi=110)
+        made.append("latency.png")
+    if raw.get("throughput"):
+        fig, ax = plt.subplots(figsize=(4.5, 3.5))
+        procs = sorted(raw["throughput"])
+        ax.bar([str(p) for p in procs], [raw["throughput"][p] for p in procs], color="#5a9e6f")
+        ax.set_xlabel("worker processes")
+        ax.set_ylabel("studies per hour")
+        ax.set_title("Throughput scaling")
+        fig.tight_layout()
+        fig.savefig(out / "scaling.png", dpi=110)
+        made.append("scaling.png")
+    plt.close("all")
+    return made
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| figure | ours | peer | unit | ratio (× faster) | note |", "|---|---|---|---|---|---|"]
+    for r in results:
+        peer = "" if r["peer"] is None else f"{r['peer']:.4g}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"| {r['name']} | {r['ours']:.4g} | {peer} | {r['unit']} | {ratio} | {r.get('note', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats (about 3 minutes)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
+    parser.add_argument("--skip-kafka", action="store_true", help="leave out the end-to-end figures")
+    args = parser.parse_args(argv)
+    n, size, repeats = (60, 256, 3) if args.quick else (300, 512, 3)
+    e2e_n, interval = (8, 1.0) if args.quick else (20, 2.0)
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "tmp"
+    log(f"generating inputs ({n} slices {size}x{size}, uncompressed and JPEG 2000 lossless) in {cache}")
+    raw, j2k = series_pair(cache, n, size)
+    results = bench_decode(raw, j2k, repeats, log)
+    with tempfile.TemporaryDirectory(prefix="triage-bench-") as tmp:
+        results += bench_real_files(Path(tmp), repeats, log)
+        extra: dict = {}
+        if not args.skip_kafka:
+            e2e_rows, extra = bench_e2e(raw, Path(tmp), e2e_n, interval, log)
+            results += e2e_rows
+    doc = {"machine": machine(), "mode": "quick" if args.quick else "full",
+           "inputs": {"slices": n, "matrix": size, "repeats": repeats, "e2e_studies": e2e_n},
+           "results": results, "plots": plots(extra, args.out),
+           "seconds": round(time.perf_counter() - started, 1)}
+    (args.out / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = table(results)
+    (args.out / "latest.md").write_text(md + "\n")
+    print()
+    print(md)
+    print(f"\nwrote {args.out / 'latest.json'} in {doc['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
