@@ -35,8 +35,21 @@ class Result:
     retriable: bool
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker if its host dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the host died before the line above ran
+        os._exit(1)
+
+
 def _init(settings: Settings, log_level: int) -> None:
     global _PIPELINE
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides when work stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [worker %(process)d] %(message)s")
