@@ -35,7 +35,7 @@ class Result:
     retriable: bool
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(host_pid: int) -> None:
     """Linux: have the kernel kill this worker if its host dies (even by SIGKILL)."""
     try:
         import ctypes
@@ -43,13 +43,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # the host died before the line above ran
+    if os.getppid() != host_pid:  # the host died before the line above ran
         os._exit(1)
 
 
-def _init(settings: Settings, log_level: int) -> None:
+def _init(settings: Settings, log_level: int, host_pid: int) -> None:
     global _PIPELINE
-    _die_with_parent()
+    _die_with_parent(host_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides when work stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [worker %(process)d] %(message)s")
@@ -77,7 +77,7 @@ class WorkerPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=self._ctx, initializer=_init,
-                                   initargs=(self.settings, logging.getLogger().getEffectiveLevel()))
+                                   initargs=(self.settings, logging.getLogger().getEffectiveLevel(), os.getpid()))
 
     def pids(self) -> list[int]:
         return sorted((getattr(self._executor, "_processes", None) or {}).keys())
