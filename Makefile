@@ -4,12 +4,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test install install-test schemas clean help kafka-up kafka-down
+.PHONY: demo test install install-test schemas clean help kafka-up kafka-down bench bench-quick
 
 help:
 	@echo "make demo   - create .venv, install, run 'triage demo' (writes demo-out/)"
 	@echo "make test   - install the test extras and run the whole test suite"
 	@echo "make kafka-up / kafka-down - start / stop a local Apache Kafka broker (KRaft)"
+	@echo "make bench / bench-quick   - benchmarks against pydicom, SimpleITK, MONAI (writes benchmarks/results/)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,13 @@ kafka-up:
 
 kafka-down:
 	scripts/kafka/broker.sh down .kafka
+
+# Benchmarks: ratios against peers measured in the same run (see BENCHMARKS.md)
+bench: install-test
+	$(PY) -m benchmarks.run
+
+bench-quick: install-test
+	$(PY) -m benchmarks.run --quick
 
 schemas: install
 	$(VENV)/bin/triage schemas --write

@@ -116,8 +116,7 @@ class KafkaSource:
     def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None:
         """Rebalance callbacks run on kafka-python's IO loop. While one runs, :meth:`poll`
         keeps the consumer thread parked, so callbacks and the host's loop never interleave.
-        Waiting for in-flight work awaits the loop's own sleep, so the loop (heartbeats
-        included) keeps running; the final commit is queued before the member rejoins."""
+        The final commit of finished work is queued before the member rejoins."""
         from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 
         source = self
@@ -145,12 +144,11 @@ class KafkaSource:
         self._idle.clear()
         try:
             revocation = on_revoked(partitions, can_commit)
-            net = getattr(getattr(self._consumer, "_coordinator", None), "_net", None)
-            while revocation.step():
-                if net is not None:
-                    await net.sleep(0.05)
-                else:  # an older client without the IO loop: a short blocking wait
-                    time.sleep(0.05)
+            # No waiting for in-flight work here: with kafka-python 3.0.12 a revoke callback
+            # that outlives the consumer's poll timeout (awaiting or blocking, ~0.3 s was
+            # enough) leaves the member without its new assignment for good. Work still in
+            # flight is handed over uncommitted; the next owner redoes it under the same
+            # event_id. What already finished is committed below.
             offsets = revocation.finish()
             if offsets and can_commit:
                 self._commit_in_rebalance(offsets)
