@@ -39,19 +39,10 @@ class SendHandle(Protocol):
 AssignedCallback = Callable[[set[TopicPartition]], None]
 
 
-class Revocation(Protocol):
-    """The host's side of giving partitions up, driven by the source during a rebalance."""
-
-    def step(self) -> bool:
-        """Make progress without blocking; True while their in-flight work may still finish."""
-
-    def finish(self) -> dict[TopicPartition, int]:
-        """Let the partitions go; returns the offsets to commit for them (none when lost)."""
-
-
 # Called when partitions are taken away; ``can_commit`` is False when the member was
-# evicted and the partitions are already lost.
-RevokedCallback = Callable[[set[TopicPartition], bool], Revocation]
+# evicted and the partitions are already lost. The host stops taking work for them and
+# returns the offsets of finished work to commit before they go to their next owner.
+RevokedCallback = Callable[[set[TopicPartition], bool], dict[TopicPartition, int]]
 
 
 class Source(Protocol):

@@ -143,13 +143,12 @@ class KafkaSource:
     async def _give_up(self, partitions: set[TopicPartition], on_revoked: RevokedCallback, can_commit: bool) -> None:
         self._idle.clear()
         try:
-            revocation = on_revoked(partitions, can_commit)
             # No waiting for in-flight work here: with kafka-python 3.0.12 a revoke callback
             # that outlives the consumer's poll timeout (awaiting or blocking, ~0.3 s was
             # enough) leaves the member without its new assignment for good. Work still in
             # flight is handed over uncommitted; the next owner redoes it under the same
             # event_id. What already finished is committed below.
-            offsets = revocation.finish()
+            offsets = on_revoked(partitions, can_commit)
             if offsets and can_commit:
                 self._commit_in_rebalance(offsets)
         finally:

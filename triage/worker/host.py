@@ -48,7 +48,6 @@ class HostOptions:
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 30.0
     drain_timeout_s: float = 30.0
-    revoke_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
     poll_timeout_s: float = 0.2
 
@@ -252,12 +251,12 @@ class Host:
         metrics.REBALANCES.labels("assigned").inc()
         log.info("assigned %d partition(s)", len(partitions))
 
-    def _on_revoked(self, partitions: set[TopicPartition], can_commit: bool) -> "_Revocation":
-        """Stop taking work for ``partitions``; the source then drives the returned revocation:
-        in-flight work gets up to ``revoke_timeout_s`` to finish, and what finished is committed.
-        After it, this member never commits for these partitions."""
+    def _on_revoked(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
+        """Let ``partitions`` go: returns the offsets of finished work to commit for them and
+        drops their unfinished studies, which their next owner redoes. Runs while the
+        consumer thread is parked in ``poll``; afterwards this member never commits for them."""
         metrics.REBALANCES.labels("revoked" if can_commit else "lost").inc()
-        return _Revocation(self, partitions, can_commit)
+        return self._release(partitions, can_commit)
 
     def _release(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
         final = {tp: off for tp, off in self.tracker.committable().items() if tp in partitions} if can_commit else {}
@@ -333,20 +332,3 @@ def _since(iso: str | None) -> float | None:
         return None
     return max(0.0, datetime.now(then.tzinfo).timestamp() - then.timestamp()) if then.tzinfo else None
 
-
-class _Revocation:
-    def __init__(self, host: Host, partitions: set[TopicPartition], can_commit: bool):
-        self.host, self.partitions, self.can_commit = host, partitions, can_commit
-        self.deadline = time.monotonic() + host.options.revoke_timeout_s
-
-    def step(self) -> bool:
-        host = self.host
-        if not self.can_commit or host._closed or time.monotonic() >= self.deadline:
-            return False
-        if not any(t.message.tp in self.partitions for t in host._tasks.values()):
-            return False
-        host._pump(0.0)
-        return True
-
-    def finish(self) -> dict[TopicPartition, int]:
-        return self.host._release(self.partitions, self.can_commit)
