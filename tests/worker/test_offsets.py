@@ -27,3 +27,15 @@ def test_revoked_partitions_are_never_committed_again():
     t.forget({TP})
     t.done(TP, 7)
     assert t.committable() == {} and t.in_flight() == 0
+
+
+def test_resume_point_is_the_first_unfinished_offset():
+    t = OffsetTracker()
+    assert t.resume_point(TP) is None
+    for off in (4, 5, 6):
+        t.add(TP, off)
+    t.done(TP, 4)
+    t.done(TP, 6)
+    assert t.resume_point(TP) == 5
+    t.done(TP, 5)
+    assert t.resume_point(TP) == 7

@@ -58,6 +58,9 @@ class Source(Protocol):
 
     def paused(self) -> set[TopicPartition]: ...
 
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        """Read these assigned partitions from the given offsets next."""
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit, per partition, the offset of the next message to read."""
 

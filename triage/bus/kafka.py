@@ -219,6 +219,14 @@ class KafkaSource:
     def paused(self) -> set[TopicPartition]:
         return {_tp(tp) for tp in self._consumer.paused()}
 
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        from kafka import TopicPartition as KTP
+
+        assigned = self.assignment()
+        for tp, off in offsets.items():
+            if tp in assigned:
+                self._consumer.seek(KTP(tp.topic, tp.partition), off)
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         from kafka.errors import KafkaError
 

@@ -118,6 +118,11 @@ class MemorySource:
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
 
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, off in offsets.items():
+            if tp in self._assigned:
+                self._position[tp] = off
+
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.broker.commit(self.group, offsets)
 

@@ -76,6 +76,7 @@ class Host:
         self._last_commit = 0.0
         self._last_lag = 0.0
         self._closed = False
+        self._handover: dict[TopicPartition, int] = {}
         self._finished = 0
 
     # -- control ------------------------------------------------------------------------
@@ -249,7 +250,12 @@ class Host:
     # -- rebalances ---------------------------------------------------------------------
     def _on_assigned(self, partitions: set[TopicPartition]) -> None:
         metrics.REBALANCES.labels("assigned").inc()
-        log.info("assigned %d partition(s)", len(partitions))
+        back = {tp: off for tp, off in self._handover.items() if tp in partitions}
+        if back:
+            self.source.seek(back)  # restart at the first study this member left unfinished
+        self._handover.clear()
+        log.info("assigned %d partition(s)%s", len(partitions),
+                 f"; {len(back)} rewound to unfinished work" if back else "")
 
     def _on_revoked(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
         """Let ``partitions`` go: returns the offsets of finished work to commit for them and
@@ -259,6 +265,12 @@ class Host:
         return self._release(partitions, can_commit)
 
     def _release(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
+        # A client may hand a partition straight back keeping its read position, which is
+        # past the studies dropped below; remember where to restart (see _on_assigned).
+        for tp in partitions:
+            point = self.tracker.resume_point(tp)
+            if point is not None:
+                self._handover[tp] = point
         final = {tp: off for tp, off in self.tracker.committable().items() if tp in partitions} if can_commit else {}
         dropped = 0
         for t, task in list(self._tasks.items()):

@@ -28,6 +28,13 @@ class OffsetTracker:
             return len(self._pending.get(tp, ()))
         return sum(len(s) for s in self._pending.values())
 
+    def resume_point(self, tp: TopicPartition) -> int | None:
+        """Where reading must restart so nothing unfinished is skipped (None: nothing seen)."""
+        if tp not in self._next:
+            return None
+        pending = self._pending.get(tp)
+        return min(pending) if pending else self._next[tp]
+
     def committable(self) -> dict[TopicPartition, int]:
         """Offsets that can be committed now and were not committed before."""
         out = {}
