@@ -292,13 +292,13 @@ class Host:
         log.info("shutdown 1/5: stop fetching")
         assigned = self.source.assignment()
         self.source.pause(assigned)
+        waiting = {t for _, t in self._retry}  # not retried now: left uncommitted, redelivered later
         self._retry.clear()
-        log.info("shutdown 2/5: draining %d in-flight studies (deadline %.0fs)", len(self._tasks),
+        log.info("shutdown 2/5: draining %d in-flight studies (deadline %.0fs)", len(self._tasks) - len(waiting),
                  self.options.drain_timeout_s)
         deadline = time.monotonic() + self.options.drain_timeout_s
-        while self._tasks and time.monotonic() < deadline:
-            self._pump(0.1)
-            # a retriable failure during the drain is published as failed rather than retried
+        while set(self._tasks) - waiting and time.monotonic() < deadline:
+            self._pump(0.1)  # a retriable failure now is published as failed rather than retried
         if self._tasks:
             log.warning("shutdown: %d studies unfinished at the deadline; left uncommitted for redelivery",
                         len(self._tasks))
