@@ -1,0 +1,1 @@
+"""Synthetic phantom studies, written as DICOM in the dataset layout training reads."""

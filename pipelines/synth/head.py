@@ -1,0 +1,180 @@
+"""Head CT phantoms: non-contrast (with or without haemorrhage) and CT angiography (with or
+without a proximal large-vessel occlusion), as HU volumes with lesion masks.
+
+Anatomy is drawn in a head-centred frame, then the frame is tilted and shifted, so size,
+position and tilt vary between studies. Values follow the issue's ranges: bone 700–1500 HU,
+grey/white matter ~35/25 HU, CSF ~5 HU, blood 50–90 HU, contrast-filled arteries 200–400 HU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+THICKNESSES = (0.625, 1.25, 2.5, 5.0)
+HAEMORRHAGE_KINDS = ("intraparenchymal", "subdural", "subarachnoid")
+
+
+@dataclass
+class Phantom:
+    """A synthetic study before it is written: HU array ``[z, y, x]`` and its geometry."""
+
+    hu: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    mask: np.ndarray
+    label: int
+    finding: str
+    kind: str
+    contrast: bool
+    description: str
+    lesion_ml: float
+    extra: dict = field(default_factory=dict)
+
+
+def _grid(rng: np.random.Generator, thickness: float, matrix: int):
+    pixel = round(float(rng.uniform(0.85, 1.0)) * 240.0 / matrix, 4)  # field of view ~205–240 mm
+    coverage = float(rng.uniform(100.0, 130.0))
+    nz = max(8, int(round(coverage / thickness)))
+    z = (np.arange(nz) - (nz - 1) / 2) * thickness
+    yx = (np.arange(matrix) - (matrix - 1) / 2) * pixel
+    zz, yy, xx = np.meshgrid(z, yx, yx, indexing="ij")
+    # tilt (pitch about x, yaw about z) and shift: the head frame in scanner coordinates
+    pitch, yaw = np.radians(rng.uniform(-12, 12)), np.radians(rng.uniform(-8, 8))
+    shift = rng.uniform(-10, 10, size=3)
+    x1, y1, z1 = xx - shift[2], yy - shift[1], zz - shift[0]
+    y2 = y1 * np.cos(pitch) - z1 * np.sin(pitch)
+    z2 = y1 * np.sin(pitch) + z1 * np.cos(pitch)
+    x3 = x1 * np.cos(yaw) - y2 * np.sin(yaw)
+    y3 = x1 * np.sin(yaw) + y2 * np.cos(yaw)
+    return (z2.astype(np.float32), y3.astype(np.float32), x3.astype(np.float32)), (thickness, pixel, pixel)
+
+
+def _smooth_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
+    """Low-frequency texture in [-1, 1] (sum of a few random cosines)."""
+    z, y, x = (np.linspace(0, 1, n, dtype=np.float32) for n in shape)
+    out = np.zeros(shape, np.float32)
+    for _ in range(4):
+        f = rng.uniform(1, 4, size=3) * scale
+        p = rng.uniform(0, 2 * np.pi, size=3)
+        out += (np.cos(2 * np.pi * f[0] * z + p[0])[:, None, None] * np.cos(2 * np.pi * f[1] * y + p[1])[None, :, None]
+                * np.cos(2 * np.pi * f[2] * x + p[2])[None, None, :])
+    return out / 4
+
+
+def _head(rng, coords):
+    z, y, x = coords
+    a, b, c = rng.uniform(66, 76), rng.uniform(84, 96), rng.uniform(70, 82)  # half-axes: lateral, AP, SI
+    r = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
+    hu = np.full(r.shape, -1000.0, np.float32)
+    hu[r < 1.0] = 30.0  # scalp
+    skull = (r < 0.955) & (r >= 0.87)
+    depth = (0.955 - r) / 0.085  # 0 outer table .. 1 inner table: bright tables, darker diploe
+    hu[skull] = (1400 - 600 * np.sin(np.pi * np.clip(depth, 0, 1)))[skull] * rng.uniform(0.85, 1.05)
+    brain = r < 0.87
+    white = r < 0.62 + 0.05 * _smooth_noise(rng, r.shape, 2.0)
+    hu[brain] = 35.0
+    hu[brain & white] = 25.0
+    hu[(r < 0.87) & (r >= 0.85)] = 6.0  # subarachnoid CSF rim
+    for side in (-1, 1):  # lateral ventricles
+        v = ((x - side * 9) / 6) ** 2 + ((y + 5) / 20) ** 2 + ((z - 8) / 11) ** 2
+        hu[v < 1.0] = 5.0
+    return hu, r, (a, b, c)
+
+
+def _haemorrhage(rng, coords, r, kind: str) -> np.ndarray:
+    z, y, x = coords
+    if kind == "intraparenchymal":
+        while True:
+            centre = rng.uniform(-45, 45, size=3) * np.array([0.6, 0.9, 0.8])
+            if 0.25 < np.sqrt((centre[2] / 70) ** 2 + (centre[1] / 90) ** 2 + (centre[0] / 76) ** 2) < 0.62:
+                break
+        volume_ml = float(np.exp(rng.uniform(np.log(0.3), np.log(40.0))))
+        semi = (volume_ml * 1000 * 3 / (4 * np.pi)) ** (1 / 3) * rng.uniform(0.75, 1.3, size=3)
+        d = ((z - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2 + ((x - centre[2]) / semi[2]) ** 2
+        return (d < 1.0) & (r < 0.85)
+    angle = np.arctan2(y, x)
+    side = rng.uniform(-np.pi, np.pi)
+    width = rng.uniform(0.4, 1.4)
+    sector = np.abs(np.angle(np.exp(1j * (angle - side)))) < width / 2
+    zc, zh = rng.uniform(-25, 25), rng.uniform(10, 35)
+    band = np.abs(z - zc) < zh
+    if kind == "subdural":  # crescent against the inner table
+        thick = rng.uniform(0.012, 0.06)
+        return sector & band & (r < 0.87) & (r >= 0.87 - thick)
+    # subarachnoid-like: patchy hyperdensity in the CSF rim and sulci
+    patches = _smooth_noise(rng, r.shape, 6.0) > rng.uniform(0.0, 0.25)
+    return sector & band & patches & (r < 0.87) & (r >= 0.80)
+
+
+def _arteries(coords, occlude: str | None, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Contrast-filled arteries as tubes: ICAs, circle of Willis, MCAs, ACAs, basilar.
+
+    Returns (vessel mask, occluded-segment mask)."""
+    z, y, x = coords
+    segments = []  # (name, start, end, radius) in mm, head frame (z, y, x)
+    for side, s in (("L", 1), ("R", -1)):
+        segments += [(f"ICA_{side}", (-60, 5, s * 18), (-5, 0, s * 14), 2.4),
+                     (f"M1_{side}", (-5, 0, s * 14), (0, 2, s * 42), 1.9),
+                     (f"M2a_{side}", (0, 2, s * 42), (18, -10, s * 55), 1.3),
+                     (f"M2b_{side}", (0, 2, s * 42), (10, 20, s * 55), 1.3),
+                     (f"A1_{side}", (-5, 0, s * 14), (0, -12, s * 3), 1.4),
+                     (f"A2_{side}", (0, -12, s * 3), (35, -30, s * 3), 1.2),
+                     (f"P_{side}", (-8, 18, 0), (0, 35, s * 30), 1.3)]
+    segments += [("BA", (-55, 22, 0), (-8, 18, 0), 1.8), ("ACom", (0, -12, 3), (0, -12, -3), 0.9)]
+    vessels = np.zeros(z.shape, bool)
+    occluded = np.zeros(z.shape, bool)
+    unfilled: dict[str, float] = {}  # segment -> fraction along it from which it does not fill
+    if occlude is not None:
+        side = occlude[-1]
+        if occlude.startswith("ICA"):  # terminus: M1, its branches and A1 of that side go dark
+            unfilled = {f"ICA_{side}": 0.75, f"M1_{side}": 0.0, f"M2a_{side}": 0.0, f"M2b_{side}": 0.0,
+                        f"A1_{side}": 0.0}
+        else:  # proximal M1
+            unfilled = {f"M1_{side}": 0.15, f"M2a_{side}": 0.0, f"M2b_{side}": 0.0}
+    for name, p0, p1, radius in segments:
+        p0, p1 = np.array(p0, np.float32), np.array(p1, np.float32)
+        d = p1 - p0
+        t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / float(d @ d), 0, 1)
+        dist2 = (z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2
+        tube = dist2 < (radius * rng.uniform(0.9, 1.1)) ** 2
+        if name in unfilled:
+            part = tube & (t > unfilled[name]) if unfilled[name] > 0 else tube
+            occluded |= part
+            tube = tube & ~part
+        vessels |= tube
+    return vessels, occluded
+
+
+def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None,
+            kind: str | None = None) -> Phantom:
+    """Non-contrast head CT; positive studies carry one haemorrhage (mask = the blood)."""
+    thickness = thickness or float(rng.choice(THICKNESSES))
+    coords, spacing = _grid(rng, thickness, matrix)
+    hu, r, _ = _head(rng, coords)
+    mask = np.zeros(hu.shape, bool)
+    kind = kind or (str(rng.choice(HAEMORRHAGE_KINDS)) if positive else "none")
+    if positive:
+        for _ in range(10):
+            mask = _haemorrhage(rng, coords, r, kind)
+            if mask.sum() * np.prod(spacing) / 1000 >= 0.1:
+                break
+        hu[mask] = rng.uniform(50, 90)
+    hu += rng.normal(0, rng.uniform(3, 10), hu.shape).astype(np.float32)
+    lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
+    return Phantom(hu=hu, spacing_zyx=spacing, mask=mask, label=int(positive), finding="ich", kind=kind,
+                   contrast=False, description=f"HEAD W/O CONTRAST {thickness:g}mm", lesion_ml=lesion_ml)
+
+
+def head_cta(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None) -> Phantom:
+    """Head CT angiography; positive studies have a proximal occlusion (mask = the unfilled segment)."""
+    thickness = thickness or float(rng.choice(THICKNESSES[:3]))
+    coords, spacing = _grid(rng, thickness, matrix)
+    hu, _, _ = _head(rng, coords)
+    site = (str(rng.choice(["ICA-T", "M1"])) + "_" + str(rng.choice(["L", "R"]))) if positive else None
+    vessels, occluded = _arteries(coords, site, rng)
+    hu[vessels] = rng.uniform(200, 400)
+    hu[occluded] = rng.uniform(25, 45)  # thrombus: no contrast
+    hu += rng.normal(0, rng.uniform(4, 10), hu.shape).astype(np.float32)
+    lesion_ml = float(occluded.sum() * np.prod(spacing) / 1000)
+    return Phantom(hu=hu, spacing_zyx=spacing, mask=occluded, label=int(positive), finding="lvo",
+                   kind=site or "none", contrast=True, description=f"CTA HEAD {thickness:g}mm", lesion_ml=lesion_ml)

@@ -1,0 +1,111 @@
+"""Write phantoms in the one dataset layout the training pipeline reads:
+
+    <dataset>/labels.csv                      study_id,label,finding,kind,mask,lesion_ml,slice_thickness_mm
+    <dataset>/studies/<study_id>/NNNN.dcm     one CT series per study (or <study_id>.nii.gz)
+    <dataset>/masks/<study_id>.nii.gz         lesion mask on the study's grid (optional per study)
+
+A hospital's own labelled data goes into the same layout; nothing else changes.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from pipelines.synth.head import Phantom
+
+LABEL_FIELDS = ("study_id", "label", "finding", "kind", "mask", "lesion_ml", "slice_thickness_mm")
+
+
+def write_dicom_series(ph: Phantom, folder: Path, study_id: str, seed: int) -> None:
+    """One axial CT series: UIDs, geometry, rescale, modality, body part, description, contrast."""
+    folder.mkdir(parents=True, exist_ok=True)
+    root = f"{seed}-{study_id}"
+    study, series, frame = (generate_uid(entropy_srcs=[root, k]) for k in ("study", "series", "frame"))
+    nz, ny, nx = ph.hu.shape
+    dz, dy, dx = ph.spacing_zyx
+    stored = np.clip(np.rint(ph.hu + 1024), 0, 4095).astype(np.uint16)
+    for i in range(nz):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[root, "sop", str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID = CTImageStorage
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        ds.AccessionNumber = ""
+        ds.Modality = "CT"
+        ds.Manufacturer = "triage synthetic phantom"
+        ds.ReferringPhysicianName = ""
+        ds.StudyDescription = "SYNTHETIC PHANTOM"
+        ds.SeriesDescription = ph.description
+        ds.PatientName = f"Phantom^{study_id}"
+        ds.PatientID = f"PH-{study_id}"
+        ds.PatientBirthDate = ""
+        ds.PatientSex = "O"
+        ds.BodyPartExamined = "HEAD"
+        ds.SliceThickness = dz
+        ds.SpacingBetweenSlices = dz
+        ds.KVP = 120
+        ds.PatientPosition = "HFS"
+        if ph.contrast:
+            ds.ContrastBolusAgent = "IODINE"
+            ds.ContrastBolusRoute = "IV"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.StudyID = "1"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = i + 1
+        ds.AcquisitionNumber = 1
+        ds.ImagePositionPatient = [round(v, 4) for v in (-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, (i - (nz - 1) / 2) * dz)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PositionReferenceIndicator = ""
+        ds.SliceLocation = ds.ImagePositionPatient[2]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = ny, nx
+        ds.PixelSpacing = [dy, dx]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = (300, 600) if ph.contrast else (40, 80)
+        ds.PixelData = stored[i].tobytes()
+        ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+
+
+def write_mask(ph: Phantom, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(ph.mask.astype(np.uint8))
+    dz, dy, dx = ph.spacing_zyx
+    nz, ny, nx = ph.mask.shape
+    image.SetSpacing((dx, dy, dz))
+    image.SetOrigin((-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, -(nz - 1) / 2 * dz))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def append_label(dataset: Path, row: dict) -> None:
+    path = dataset / "labels.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LABEL_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def write_study(ph: Phantom, dataset: Path, study_id: str, seed: int) -> dict:
+    write_dicom_series(ph, dataset / "studies" / study_id, study_id, seed)
+    mask_rel = ""
+    if ph.mask.any():
+        mask_rel = f"masks/{study_id}.nii.gz"
+        write_mask(ph, dataset / mask_rel)
+    row = {"study_id": study_id, "label": ph.label, "finding": ph.finding, "kind": ph.kind, "mask": mask_rel,
+           "lesion_ml": f"{ph.lesion_ml:.3f}", "slice_thickness_mm": f"{ph.spacing_zyx[0]:g}"}
+    append_label(dataset, row)
+    return row

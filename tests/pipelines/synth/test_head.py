@@ -1,0 +1,89 @@
+"""pipelines/synth: phantom studies are valid DICOM, decode with the right geometry and values,
+read back with SimpleITK, and are reproducible from their seed."""
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipelines.synth.__main__ import generate
+from pipelines.synth.head import head_ct, head_cta
+from tests.helpers import in_ci
+from triage.dicom import decode_series, scan_study
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    ct = generate("head_ct", 3, 21, root / "ct", positive_fraction=0.7, matrix=64, progress=False)
+    cta = generate("head_cta", 2, 22, root / "cta", positive_fraction=0.5, matrix=64, progress=False)
+    return root, ct, cta
+
+
+def test_labels_csv_describes_every_study(datasets):
+    root, ct, _ = datasets
+    with open(root / "ct" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["study_id"] for r in rows] == [r["study_id"] for r in ct]
+    for r in rows:
+        assert (root / "ct" / "studies" / r["study_id"]).is_dir()
+        assert (r["label"] == "1") == bool(r["mask"]) and r["finding"] == "ich"
+
+
+def test_phantoms_decode_with_their_geometry_and_hounsfield_values(datasets):
+    root, ct, _ = datasets
+    for row in ct:
+        (series,) = scan_study(root / "ct" / "studies" / row["study_id"])
+        assert series.modality == "CT" and series.body_part == "HEAD" and not series.contrast
+        vol = decode_series(series)
+        assert vol.spacing_zyx[0] == pytest.approx(float(row["slice_thickness_mm"]))
+        assert vol.array.min() == -1000 or vol.array.min() < -900  # air
+        assert vol.array.max() > 700  # bone
+        itk = sitk.GetArrayFromImage(sitk.ReadImage(sorted(str(p) for p in (root / "ct" / "studies" / row["study_id"]).glob("*.dcm"))))
+        assert np.array_equal(itk.astype(np.float32), vol.array)  # SimpleITK reads the same volume
+        if row["mask"]:
+            mask = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "ct" / row["mask"]))).astype(bool)
+            assert mask.shape == vol.shape
+            blood = vol.array[mask]
+            assert 40 < np.median(blood) < 100  # 50-90 HU plus scanner noise
+
+
+def test_cta_is_marked_as_contrast_and_shows_arteries(datasets):
+    root, _, cta = datasets
+    for row in cta:
+        (series,) = scan_study(root / "cta" / "studies" / row["study_id"])
+        assert series.contrast and series.description.startswith("CTA HEAD")
+
+
+def test_same_seed_same_study_and_different_seeds_differ():
+    a = head_ct(np.random.default_rng(5), True, matrix=48)
+    b = head_ct(np.random.default_rng(5), True, matrix=48)
+    c = head_ct(np.random.default_rng(6), True, matrix=48)
+    assert np.array_equal(a.hu, b.hu) and np.array_equal(a.mask, b.mask)
+    assert a.hu.shape != c.hu.shape or not np.array_equal(a.hu, c.hu)
+
+
+@pytest.mark.parametrize("make", [head_ct, head_cta])
+def test_negatives_have_no_lesion_and_positives_do(make):
+    rng = np.random.default_rng(9)
+    assert not make(rng, False, matrix=48).mask.any()
+    pos = make(rng, True, matrix=48)
+    assert pos.mask.any() and pos.lesion_ml > 0
+
+
+def test_dciodvfy_finds_no_errors_in_the_ct_iod(datasets):
+    root, _, _ = datasets
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if in_ci():
+            pytest.fail("dciodvfy (Debian package dicom3tools) is not installed; .ci/run installs it")
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    for kind in ("ct", "cta"):
+        first = sorted((root / kind / "studies").iterdir())[0]
+        out = subprocess.run([tool, str(sorted(first.glob("*.dcm"))[0])], capture_output=True, text=True)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], errors
