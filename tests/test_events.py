@@ -64,17 +64,23 @@ def test_unknown_schema_value_is_a_clear_error():
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"requested_priority": "ASAP"}, r"requested_priority: 'ASAP' is not one of STAT, HIGH, ROUTINE, MEDIUM, LOW"),
-    ({"study_instance_uid": "abc"}, r"study_instance_uid: 'abc' does not match"),
-    ({"source": {"uri": "ftp://x"}}, r"source.uri: 'ftp://x' does not match"),
-    ({"received_at": "yesterday"}, r"received_at: 'yesterday' is not an ISO 8601 date-time"),
+    ({"requested_priority": "ASAP"}, r"requested_priority: not one of STAT, HIGH, ROUTINE, MEDIUM, LOW"),
+    ({"study_instance_uid": "abc"}, r"study_instance_uid: does not match"),
+    ({"source": {"uri": "ftp://x"}}, r"source.uri: does not match"),
+    ({"received_at": "yesterday"}, r"received_at: not an ISO 8601 date-time"),
     ({"received_at": "2026-11-28T10:00:00"}, r"has no time zone"),
     ({"extra": 1}, r"unknown field\(s\) extra"),
-    ({"patient_class": 3}, r"patient_class: 3 is not one of"),
+    ({"patient_class": 3}, r"patient_class: not one of"),
 ])
 def test_invalid_study_events_name_the_field(change, message):
     with pytest.raises(SchemaError, match=message):
         parse_study_event({**STUDY, **change})
+
+
+def test_error_messages_never_echo_field_values():
+    with pytest.raises(SchemaError) as err:
+        parse_study_event({**STUDY, "study_instance_uid": "Doe^Jane", "accession_number": "x" * 80})
+    assert "Doe" not in str(err.value)
 
 
 def test_missing_required_field_and_bad_json():

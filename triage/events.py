@@ -211,8 +211,10 @@ def published_schemas() -> dict[str, dict[str, Any]]:
 
 # --- parsing and validation -----------------------------------------------------------
 def _check_constraints(value: Any, schema: dict[str, Any], where: str) -> None:
+    # Messages name the field and the rule, never the value: a sender may put anything,
+    # PHI included, into a malformed field, and these messages reach logs and DLQ headers.
     if "pattern" in schema and not re.match(schema["pattern"], value):
-        raise SchemaError(f"{where}: {value!r} does not match {schema['pattern']}")
+        raise SchemaError(f"{where}: does not match {schema['pattern']}")
     if "maxLength" in schema and len(value) > schema["maxLength"]:
         raise SchemaError(f"{where}: longer than {schema['maxLength']} characters")
     if "minimum" in schema and value < schema["minimum"]:
@@ -223,9 +225,9 @@ def _check_constraints(value: Any, schema: dict[str, Any], where: str) -> None:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise SchemaError(f"{where}: {value!r} is not an ISO 8601 date-time") from None
+            raise SchemaError(f"{where}: not an ISO 8601 date-time") from None
         if parsed.tzinfo is None:
-            raise SchemaError(f"{where}: {value!r} has no time zone")
+            raise SchemaError(f"{where}: date-time has no time zone")
 
 
 def _parse(tp: Any, value: Any, where: str, constraints: dict[str, Any]) -> Any:
@@ -241,7 +243,7 @@ def _parse(tp: Any, value: Any, where: str, constraints: dict[str, Any]) -> Any:
             return inner(value)
         except ValueError:
             allowed = ", ".join(m.value for m in inner)
-            raise SchemaError(f"{where}: {value!r} is not one of {allowed}") from None
+            raise SchemaError(f"{where}: not one of {allowed}") from None
     if typing.get_origin(inner) is list:
         if not isinstance(value, list):
             raise SchemaError(f"{where}: expected a list")
