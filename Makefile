@@ -4,13 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test install install-test schemas clean help kafka-up kafka-down bench bench-quick
+.PHONY: demo test install install-test schemas clean help kafka-up kafka-down bench bench-quick train
 
 help:
 	@echo "make demo   - create .venv, install, run 'triage demo' (writes demo-out/)"
 	@echo "make test   - install the test extras and run the whole test suite"
 	@echo "make kafka-up / kafka-down - start / stop a local Apache Kafka broker (KRaft)"
 	@echo "make bench / bench-quick   - benchmarks against pydicom, SimpleITK, MONAI (writes benchmarks/results/)"
+	@echo "make train MODEL=ich|lvo   - phantoms -> train -> evaluate -> export -> register into models/"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,11 @@ bench: install-test
 
 bench-quick: install-test
 	$(PY) -m benchmarks.run --quick
+
+# Model lifecycle: regenerate phantoms, train, evaluate, export, check parity, register (MODEL=ich|lvo)
+MODEL ?= ich
+train: install-test
+	$(PY) -m pipelines.make $(MODEL)
 
 schemas: install
 	$(VENV)/bin/triage schemas --write

@@ -1,0 +1,74 @@
+"""Read a dataset folder (see pipelines/synth/write.py for the layout) into model inputs.
+
+Studies go through the runtime's own decoder and ``triage.preprocess`` (not a copy), so a
+model trains on exactly the tensors it will be served.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from triage.dicom import decode_series, scan_study
+from triage.preprocess import InputSpec, preprocess, resample
+
+
+@dataclass(frozen=True)
+class Item:
+    study_id: str
+    label: int
+    image: np.ndarray  # [1, z, y, x] float32
+    mask: np.ndarray  # [1, z, y, x] float32 in {0, 1}
+    lesion_ml: float
+    slice_thickness_mm: float
+    source_slices: int
+
+
+def read_labels(dataset: Path) -> list[dict]:
+    with open(dataset / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_study(dataset: Path, row: dict, spec: InputSpec) -> Item:
+    folder = dataset / "studies" / row["study_id"]
+    if folder.is_dir():
+        (series,) = scan_study(folder)[:1]
+        vol = decode_series(series)
+        array, spacing = vol.array, vol.spacing_zyx
+    else:  # <study_id>.nii.gz
+        img = sitk.ReadImage(str(dataset / "studies" / f"{row['study_id']}.nii.gz"))
+        array = sitk.GetArrayFromImage(img).astype(np.float32)
+        sx, sy, sz = img.GetSpacing()
+        spacing = (sz, sy, sx)
+    image = preprocess(array, spacing, spec)[0]
+    mask = np.zeros_like(image)
+    if row.get("mask"):
+        m = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / row["mask"]))).astype(np.float32)
+        mask = (resample(m, spacing, spec.shape) > 0.25).astype(np.float32)[np.newaxis]
+    return Item(row["study_id"], int(row["label"]), image, mask, float(row.get("lesion_ml") or 0),
+                float(row.get("slice_thickness_mm") or 0), array.shape[0])
+
+
+def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True) -> list[Item]:
+    """All studies, preprocessed; cached beside the dataset per input spec."""
+    from tqdm import tqdm
+
+    key = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+    cache = dataset / ".cache" / key
+    cache.mkdir(parents=True, exist_ok=True)
+    items = []
+    for row in tqdm(read_labels(dataset), desc=f"loading {dataset.name}", unit="study", disable=not progress):
+        path = cache / f"{row['study_id']}.npz"
+        if path.exists():
+            z = np.load(path)
+            items.append(Item(row["study_id"], int(row["label"]), z["image"], z["mask"], float(row.get("lesion_ml") or 0),
+                              float(row.get("slice_thickness_mm") or 0), int(z["source_slices"])))
+            continue
+        item = load_study(dataset, row, spec)
+        np.savez_compressed(path, image=item.image, mask=item.mask, source_slices=item.source_slices)
+        items.append(item)
+    return items

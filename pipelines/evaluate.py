@@ -1,0 +1,134 @@
+"""Evaluate a trained model on a held-out split generated with seeds never used in training.
+
+Reports ROC AUC, sensitivity and specificity with Wilson 95% intervals at each named operating
+point (thresholds chosen on the validation split), sensitivity by lesion size and by slice
+thickness, and a calibration curve. Writes eval.json, eval.md and roc.png.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    thresholds = np.r_[np.inf, np.sort(np.unique(scores))[::-1]]
+    tpr = np.array([(scores[labels == 1] >= t).mean() for t in thresholds])
+    fpr = np.array([(scores[labels == 0] >= t).mean() for t in thresholds])
+    return fpr, tpr
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
+    """``specificity_0.95``: lowest threshold keeping that specificity; ``sensitivity_0.98`` likewise."""
+    kind, _, value = rule.partition("_")
+    target = float(value)
+    if kind == "specificity":
+        neg = np.sort(scores[labels == 0])
+        if len(neg) == 0:
+            return 0.5
+        idx = min(len(neg) - 1, int(math.ceil(target * len(neg))) - 1)
+        return float(min(1.0, np.nextafter(neg[idx], 2.0)))
+    pos = np.sort(scores[labels == 1])[::-1]
+    if len(pos) == 0:
+        return 0.5
+    idx = min(len(pos) - 1, int(math.ceil(target * len(pos))) - 1)
+    return float(pos[idx])
+
+
+def confusion(labels, scores, threshold) -> dict:
+    pred = scores >= threshold
+    tp, fn = int((pred & (labels == 1)).sum()), int((~pred & (labels == 1)).sum())
+    tn, fp = int((~pred & (labels == 0)).sum()), int((pred & (labels == 0)).sum())
+    return {"threshold": round(threshold, 6), "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+            "sensitivity": tp / max(1, tp + fn), "sensitivity_ci95": wilson(tp, tp + fn),
+            "specificity": tn / max(1, tn + fp), "specificity_ci95": wilson(tn, tn + fp)}
+
+
+def evaluate(test_items, test_scores, val_items, val_scores, operating_points: dict, out: Path) -> dict:
+    y = np.array([it.label for it in test_items])
+    yv = np.array([it.label for it in val_items])
+    ops = {name: confusion(y, test_scores, threshold_for(rule, yv, val_scores))
+           for name, rule in operating_points.items()}
+    default = ops["default"]["threshold"]
+    by_size, by_thickness = {}, {}
+    for lo, hi in ((0, 1), (1, 5), (5, 20), (20, 1e9)):
+        sel = [(it, s) for it, s in zip(test_items, test_scores) if it.label == 1 and lo <= it.lesion_ml < hi]
+        key = f"{lo:g}-{hi:g} mL" if hi < 1e9 else f">={lo:g} mL"
+        by_size[key] = {"n": len(sel), "sensitivity": (sum(s >= default for _, s in sel) / len(sel)) if sel else None}
+    for t in sorted({it.slice_thickness_mm for it in test_items}):
+        sel = [(it, s) for it, s in zip(test_items, test_scores) if it.label == 1 and it.slice_thickness_mm == t]
+        by_thickness[f"{t:g} mm"] = {"n": len(sel), "sensitivity": (sum(s >= default for _, s in sel) / len(sel)) if sel else None}
+    bins = np.linspace(0, 1, 11)
+    calibration = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (test_scores >= lo) & (test_scores < hi if hi < 1 else test_scores <= hi)
+        if sel.any():
+            calibration.append({"bin": [round(lo, 1), round(hi, 1)], "n": int(sel.sum()),
+                                "mean_predicted": float(test_scores[sel].mean()), "observed": float(y[sel].mean())})
+    result = {"n_test": int(len(y)), "n_positive": int(y.sum()), "auc": roc_auc(y, test_scores),
+              "operating_points": ops, "sensitivity_by_lesion_size": by_size,
+              "sensitivity_by_slice_thickness": by_thickness, "calibration": calibration}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "eval.md").write_text(report(result))
+    plot_roc(y, test_scores, ops, out / "roc.png")
+    return result
+
+
+def report(r: dict) -> str:
+    lines = ["# Evaluation (held-out synthetic phantoms)", "",
+             f"{r['n_test']} test studies, {r['n_positive']} positive. ROC AUC **{r['auc']:.3f}**.", "",
+             "| operating point | threshold | sensitivity (95% CI) | specificity (95% CI) |", "|---|---|---|---|"]
+    for name, o in r["operating_points"].items():
+        lines.append(f"| {name} | {o['threshold']:.3f} | {o['sensitivity']:.3f} ({o['sensitivity_ci95'][0]:.3f}–"
+                     f"{o['sensitivity_ci95'][1]:.3f}) | {o['specificity']:.3f} ({o['specificity_ci95'][0]:.3f}–"
+                     f"{o['specificity_ci95'][1]:.3f}) |")
+    for title, key in (("lesion size", "sensitivity_by_lesion_size"), ("slice thickness", "sensitivity_by_slice_thickness")):
+        lines += ["", f"Sensitivity at the default operating point by {title}:", "", "| group | n | sensitivity |", "|---|---|---|"]
+        for group, v in r[key].items():
+            sens = "-" if v["sensitivity"] is None else f"{v['sensitivity']:.3f}"
+            lines.append(f"| {group} | {v['n']} | {sens} |")
+    lines += ["", "Calibration (predicted vs observed positive rate):", "", "| bin | n | predicted | observed |", "|---|---|---|---|"]
+    for c in r["calibration"]:
+        lines.append(f"| {c['bin'][0]}–{c['bin'][1]} | {c['n']} | {c['mean_predicted']:.3f} | {c['observed']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(y, scores, ops, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr = roc_curve(y, scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, color="#3b6ea8", label=f"AUC {roc_auc(y, scores):.3f}")
+    for name, o in ops.items():
+        ax.plot(1 - o["specificity"], o["sensitivity"], "o", label=name)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC, held-out phantoms")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

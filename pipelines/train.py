@@ -1,0 +1,126 @@
+"""Train a model from its config on a dataset folder with train/ and val/ splits.
+
+    python -m pipelines.train --config pipelines/configs/ich.yaml --data data/ich --run runs/ich [--resume]
+
+MONAI network, loss and metric; deterministic seeds; a progress bar per epoch; a checkpoint
+after every epoch (``--resume`` continues from it) and the best model by validation AUC.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from pipelines.dataset import load_dataset
+from pipelines.model import Triager, build_net
+from triage.preprocess import InputSpec
+
+
+def load_config(path: Path, overrides: dict | None = None) -> dict:
+    cfg = yaml.safe_load(Path(path).read_text())
+    for key, value in (overrides or {}).items():
+        section, _, field = key.partition(".")
+        cfg.setdefault(section, {})[field] = value
+    return cfg
+
+
+def input_spec(cfg: dict) -> InputSpec:
+    return InputSpec.from_dict(cfg["input"], cfg["name"])
+
+
+def predict(model: Triager, items, batch: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    probs, slices = [], []
+    with torch.inference_mode():
+        for i in range(0, len(items), batch):
+            x = torch.from_numpy(np.stack([it.image for it in items[i:i + batch]]))
+            p, s = model(x)
+            probs.append(p[:, 0].numpy())
+            slices.append(s[:, 0].numpy())
+    return np.concatenate(probs), np.concatenate(slices)
+
+
+def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool = True) -> Path:
+    from monai.losses import DiceCELoss
+    from monai.metrics import ROCAUCMetric
+    from monai.utils import set_determinism
+    from tqdm import tqdm
+
+    tc = cfg["train"]
+    set_determinism(seed=int(tc["seed"]))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    spec = input_spec(cfg)
+    train_items = load_dataset(data / "train", spec, progress)
+    val_items = load_dataset(data / "val", spec, progress)
+    model = Triager(build_net(tc.get("channels", (8, 16, 32))))
+    opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
+    seg_loss, bce = DiceCELoss(sigmoid=True, smooth_nr=1e-4, smooth_dr=1e-4), torch.nn.BCELoss()
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt, best_path = run / "checkpoint.pt", run / "best.pt"
+    start, best_auc = 0, -1.0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, best_auc = state["epoch"] + 1, state["best_auc"]
+        print(f"resuming after epoch {start} (best validation AUC {best_auc:.3f})")
+    rng = np.random.default_rng(int(tc["seed"]))
+    for _ in range(start):
+        rng.permutation(len(train_items))  # keep the shuffles of a resumed run identical
+    bs = int(tc["batch_size"])
+    for epoch in range(start, int(tc["epochs"])):
+        model.train()
+        order = rng.permutation(len(train_items))
+        bar = tqdm(range(0, len(order), bs), desc=f"epoch {epoch + 1}/{tc['epochs']}", unit="batch",
+                   disable=not progress)
+        for i in bar:
+            batch = [train_items[j] for j in order[i:i + bs]]
+            x = torch.from_numpy(np.stack([b.image for b in batch]))
+            y = torch.from_numpy(np.stack([b.mask for b in batch]))
+            labels = torch.tensor([[float(b.label)] for b in batch])
+            logits = model.net(x)
+            prob = torch.sigmoid(logits).amax(dim=(2, 3, 4)).clamp(1e-6, 1 - 1e-6)
+            loss = seg_loss(logits, y) + bce(prob, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        probs, _ = predict(model, val_items)
+        metric = ROCAUCMetric()
+        metric(torch.from_numpy(probs), torch.tensor([it.label for it in val_items]))
+        auc = float(metric.aggregate()) if len({it.label for it in val_items}) > 1 else 0.5
+        if auc > best_auc:
+            best_auc = auc
+            torch.save({"model": model.state_dict(), "config": cfg, "epoch": epoch, "val_auc": auc}, best_path)
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                    "best_auc": best_auc}, ckpt)
+        print(f"epoch {epoch + 1}: validation AUC {auc:.3f} (best {best_auc:.3f})", flush=True)
+    return best_path
+
+
+def load_model(path: Path) -> tuple[Triager, dict]:
+    state = torch.load(path, weights_only=False)
+    cfg = state["config"]
+    model = Triager(build_net(cfg["train"].get("channels", (8, 16, 32))))
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ datasets")
+    p.add_argument("--run", type=Path, required=True, help="where checkpoints go")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    args = p.parse_args(argv)
+    print(f"best model: {train(load_config(args.config), args.data, args.run, args.resume)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""pipelines/: a tiny end-to-end run (phantoms → train → evaluate → export → parity → register)
+into a temporary folder, which the runtime then loads and runs; and the evaluation arithmetic."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from pipelines.dataset import load_study, read_labels  # noqa: E402
+from pipelines.evaluate import roc_auc, threshold_for, wilson  # noqa: E402
+from pipelines.make import run  # noqa: E402
+from pipelines.train import input_spec, load_config  # noqa: E402
+from triage.dicom import decode_series, scan_study  # noqa: E402
+from triage.events import STUDY_SCHEMA, now_iso, parse_study_event  # noqa: E402
+from triage.inference.manifest import load_manifest  # noqa: E402
+from triage.pipeline import Pipeline  # noqa: E402
+from triage.preprocess import preprocess  # noqa: E402
+from triage.settings import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    work, models = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("models")
+    result = run("ich", work, models, small=True, progress=False)
+    return work, models, result
+
+
+def test_tiny_run_registers_a_verified_model_with_card_and_evaluation(tiny):
+    work, models, result = tiny
+    folder = models / "ich"
+    m = load_manifest(folder)  # validates the manifest and verifies the sha256
+    assert m.name == "ich" and m.format == "onnx" and m.findings[0].severity == "critical"
+    assert set(m.findings[0].operating_points) == {"default", "high_sensitivity"}
+    card = (folder / "card.md").read_text()
+    assert "synthetic phantoms only" in card and "Not for diagnostic use" in card
+    evaluation = json.loads((folder / "eval.json").read_text())
+    assert {"auc", "operating_points", "sensitivity_by_lesion_size", "sensitivity_by_slice_thickness",
+            "calibration"} <= set(evaluation)
+    assert (folder / "roc.png").stat().st_size > 1000 and (folder / "eval.md").exists()
+    assert result["parity_max_abs_diff"] <= 1e-4
+
+
+def test_runtime_loads_and_runs_the_registered_model(tiny):
+    work, models, _ = tiny
+    study = work / "data" / "test" / "studies" / read_labels(work / "data" / "test")[0]["study_id"]
+    pipeline = Pipeline.from_settings(Settings(models_dir=models))
+    event = pipeline.process(parse_study_event({"schema": STUDY_SCHEMA, "study_instance_uid": "1.2.3.4",
+                                                "source": {"uri": study.as_uri()}, "received_at": now_iso()})).event
+    assert event.status.value == "scored", event.error
+    (finding,) = event.findings
+    assert finding.code == "ich" and finding.model.name == "ich" and finding.key_slice is not None
+
+
+def test_training_and_serving_preprocessing_give_identical_tensors(tiny):
+    work, models, _ = tiny
+    dataset = work / "data" / "test"
+    row = read_labels(dataset)[0]
+    cfg = load_config(__import__("pipelines.make", fromlist=["CONFIGS"]).CONFIGS / "ich.yaml",
+                      __import__("pipelines.make", fromlist=["SMALL"]).SMALL)
+    trained_on = load_study(dataset, row, input_spec(cfg)).image
+    (series,) = scan_study(dataset / "studies" / row["study_id"])
+    vol = decode_series(series)
+    served = preprocess(vol.array, vol.spacing_zyx, load_manifest(models / "ich").input)[0]
+    assert np.array_equal(trained_on, served)
+
+
+def test_evaluation_arithmetic():
+    y = np.array([0, 0, 1, 1])
+    assert roc_auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert roc_auc(y, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    lo, hi = wilson(9, 10)
+    assert lo == pytest.approx(0.596, abs=1e-3) and hi == pytest.approx(0.982, abs=1e-3)
+    scores = np.linspace(0, 1, 20)
+    labels = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    t = threshold_for("specificity_0.9", labels, scores)
+    assert (scores[labels == 0] < t).mean() >= 0.9
+    t = threshold_for("sensitivity_0.9", labels, scores)
+    assert (scores[labels == 1] >= t).mean() >= 0.9
