@@ -26,8 +26,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# The demo scores real DICOM from pydicom's packages plus phantom head CTs and CTAs
+# (with and without haemorrhage / occlusion), generated here with fixed seeds.
+DEMO_PHANTOMS := demo-out/phantoms
 demo: install
-	$(VENV)/bin/triage demo --out demo-out
+	$(PY) -m pipelines.synth --kind head_ct --n 4 --seed 9001 --out $(DEMO_PHANTOMS)/head_ct
+	$(PY) -m pipelines.synth --kind head_cta --n 4 --seed 9002 --out $(DEMO_PHANTOMS)/head_cta
+	$(VENV)/bin/triage demo --out demo-out --studies $(DEMO_PHANTOMS)/head_ct/studies --studies $(DEMO_PHANTOMS)/head_cta/studies
 
 test: install-test
 	$(PY) -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

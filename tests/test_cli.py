@@ -91,3 +91,18 @@ def test_help_explains_each_command():
     for cmd in ("score", "demo", "models", "worker", "submit"):
         assert cmd in r.stdout
     assert "not for diagnostic use" in r.stdout
+
+
+def test_demo_scores_extra_study_folders(tmp_path):
+    from pipelines.synth.__main__ import generate
+
+    generate("head_ct", 2, 77, tmp_path / "phantoms", matrix=48, progress=False)
+    (tmp_path / "no-models").mkdir()
+    r = triage("demo", "--out", tmp_path / "out", "--studies", tmp_path / "phantoms" / "studies",
+               "--models", tmp_path / "no-models", "--metrics-port", "0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in (tmp_path / "out" / "priority-events.jsonl").read_text().splitlines()]
+    from triage.demo import SAMPLES
+
+    assert len(events) == len(SAMPLES) + 2
+    assert "DEMO0010" in r.stdout  # the phantoms are on the printed worklist

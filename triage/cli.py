@@ -78,7 +78,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     out = Path(args.out)
-    events = run_demo(settings, out, progress=not args.no_progress)
+    extra = [Path(d) for d in args.studies or []]
+    for folder in extra:
+        if not folder.is_dir():
+            print(f"triage: --studies {folder} is not a folder", file=sys.stderr)
+            return 2
+    events = run_demo(settings, out, progress=not args.no_progress, extra=extra)
     print()
     print(worklist_table(events))
     print()
@@ -219,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=2, help="worker processes (default: 2)")
     p.add_argument("--metrics-port", type=int, default=9464, help="serve /metrics here while running; 0: off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--studies", metavar="DIR", action="append",
+                   help="also score every study folder in DIR, e.g. phantoms (repeatable)")
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_demo)
 

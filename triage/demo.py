@@ -99,11 +99,39 @@ def _study_uid(path: Path, i: int) -> str:
     return f"{uid}.{i}" if uid and len(uid) < 60 else f"2.25.{1000 + i}"
 
 
-def run_demo(settings: Settings, out: Path, progress: bool = True) -> list[PriorityEvent]:
+_ORDERS = (("ROUTINE", "emergency"), ("ROUTINE", "inpatient"), (None, "emergency"), ("LOW", "outpatient"))
+
+
+def extra_studies(folder: Path, start: int) -> list[tuple[Sample, StudyEvent]]:
+    """Each subfolder of ``folder`` (e.g. phantoms from ``python -m pipelines.synth``) as a study,
+    with a varied but routine order, so only the models can move it up the worklist."""
+    out = []
+    for i, study in enumerate(sorted(p for p in folder.iterdir() if p.is_dir()), start):
+        requested, patient = _ORDERS[i % len(_ORDERS)]
+        sample = Sample(study.name, (), requested, patient, "extra study")
+        uid = _folder_uid(study, i)
+        out.append((sample, parse_study_event({
+            "schema": STUDY_SCHEMA, "study_instance_uid": uid, "source": {"uri": study.resolve().as_uri()},
+            "received_at": now_iso(), "accession_number": f"DEMO{i:04d}", "requested_priority": requested,
+            "patient_class": patient})))
+    return out
+
+
+def _folder_uid(folder: Path, i: int) -> str:
+    first = next(iter(sorted(folder.glob("*.dcm"))), None)
+    return _study_uid(first, i) if first else f"2.25.{1000 + i}"
+
+
+def run_demo(settings: Settings, out: Path, progress: bool = True, extra: list[Path] | None = None) -> list[PriorityEvent]:
     from triage import metrics
 
     out.mkdir(parents=True, exist_ok=True)
     samples = make_samples(out / "studies")
+    next_index = len(SAMPLES) + 1
+    for folder in extra or []:
+        added = extra_studies(folder, next_index)
+        samples += added
+        next_index += len(added)
     broker = MemoryBroker(partitions=2)
     topics = Topics()
     for _, study in samples:
