@@ -58,7 +58,8 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
     val_items = load_dataset(data / "val", spec, progress)
     model = Triager(build_net(tc.get("channels", (8, 16, 32))))
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
-    seg_loss, bce = DiceCELoss(sigmoid=True, smooth_nr=1e-4, smooth_dr=1e-4), torch.nn.BCELoss()
+    # batch=True: Dice over the whole batch, so lesion-free studies do not make it degenerate
+    seg_loss, bce = DiceCELoss(sigmoid=True, batch=True), torch.nn.BCELoss()
     run.mkdir(parents=True, exist_ok=True)
     ckpt, best_path = run / "checkpoint.pt", run / "best.pt"
     start, best_auc = 0, -1.0
