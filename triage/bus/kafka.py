@@ -7,13 +7,14 @@
   read once in :meth:`KafkaConfig.load` and validated together.
 
 A source or sink belongs to the host's consumer thread; kafka-python's own background
-threads (heartbeat, producer I/O) are guarded by the library.
+threads (heartbeat, producer I/O) are guarded by the library. kafka-python is pinned to 2.x:
+3.0.12 runs rebalance callbacks on an IO loop, and there a callback that outlived the poll
+timeout, or two members joining at once, left members without partitions for good.
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
@@ -110,49 +111,40 @@ class KafkaSource:
             session_timeout_ms=config.session_timeout_ms, heartbeat_interval_ms=config.heartbeat_interval_ms,
             max_poll_interval_ms=config.max_poll_interval_ms, metadata_max_age_ms=30_000,
             **config.client_args())
-        self._idle = threading.Event()
-        self._idle.set()
 
     def subscribe(self, topics: list[str], on_assigned: AssignedCallback, on_revoked: RevokedCallback) -> None:
-        """Rebalance callbacks run on kafka-python's IO loop. While one runs, :meth:`poll`
-        keeps the consumer thread parked, so callbacks and the host's loop never interleave.
-        The final commit of finished work is queued before the member rejoins."""
-        from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+        """Rebalance callbacks run inside :meth:`poll`, on the consumer thread (kafka-python 2.x),
+        so they never race the host's own loop. The final commit for revoked partitions is
+        made synchronously before the member rejoins."""
+        from kafka import ConsumerRebalanceListener
 
         source = self
 
-        class Listener(AsyncConsumerRebalanceListener):
-            async def on_partitions_revoked(self, revoked):
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
                 if revoked:
-                    await source._give_up({_tp(tp) for tp in revoked}, on_revoked, True)
+                    source._give_up({_tp(tp) for tp in revoked}, on_revoked, True)
 
-            async def on_partitions_assigned(self, assigned):
-                source._idle.clear()
-                try:
-                    on_assigned({_tp(tp) for tp in assigned})
-                finally:
-                    source._idle.set()
+            def on_partitions_assigned(self, assigned):
+                on_assigned({_tp(tp) for tp in assigned})
 
-            async def on_partitions_lost(self, lost):
+            def on_partitions_lost(self, lost):  # called by clients that know eviction apart
                 if lost:
-                    await source._give_up({_tp(tp) for tp in lost}, on_revoked, False)
+                    source._give_up({_tp(tp) for tp in lost}, on_revoked, False)
 
         self._await_topics(topics)
         self._consumer.subscribe(topics, listener=Listener())
 
-    async def _give_up(self, partitions: set[TopicPartition], on_revoked: RevokedCallback, can_commit: bool) -> None:
-        self._idle.clear()
-        try:
-            # No waiting for in-flight work here: with kafka-python 3.0.12 a revoke callback
-            # that outlives the consumer's poll timeout (awaiting or blocking, ~0.3 s was
-            # enough) leaves the member without its new assignment for good. Work still in
-            # flight is handed over uncommitted; the next owner redoes it under the same
-            # event_id. What already finished is committed below.
-            offsets = on_revoked(partitions, can_commit)
-            if offsets and can_commit:
-                self._commit_in_rebalance(offsets)
-        finally:
-            self._idle.set()
+    def _give_up(self, partitions: set[TopicPartition], on_revoked: RevokedCallback, can_commit: bool) -> None:
+        from kafka.errors import KafkaError
+
+        offsets = on_revoked(partitions, can_commit)
+        if offsets and can_commit:
+            try:
+                self._consumer.commit(self._kafka_offsets(offsets))
+            except KafkaError as exc:  # the group moved on: the next owner redoes that work
+                log.warning("commit before giving up partitions failed (%s); the next owner redoes that work",
+                            type(exc).__name__)
 
     def _await_topics(self, topics: list[str], timeout_s: float = 60.0) -> None:
         """Know each topic's partitions before joining: a join that races the first metadata
@@ -163,20 +155,6 @@ class KafkaSource:
                 if time.monotonic() > deadline:
                     raise BusError(f"topic {topic} has no partitions (does it exist? is the broker up?)")
                 time.sleep(0.2)
-
-    def _commit_in_rebalance(self, offsets: dict[TopicPartition, int]) -> None:
-        # We run on kafka-python's IO loop, so a blocking commit would wait for ourselves,
-        # and awaiting its internal commit coroutine here was seen to stall the rejoin.
-        # The asynchronous commit is queued now, before the member gives the partitions
-        # up; if the broker refuses it because the group already moved on, the next owner
-        # redoes that work, and the deterministic event_id marks the repeat.
-        from kafka.errors import KafkaError
-
-        try:
-            self._consumer.commit_async(self._kafka_offsets(offsets))
-        except KafkaError as exc:
-            log.warning("commit before giving up partitions failed (%s); the next owner redoes that work",
-                        type(exc).__name__)
 
     @staticmethod
     def _kafka_offsets(offsets: dict[TopicPartition, int]):
@@ -193,7 +171,6 @@ class KafkaSource:
         except KafkaError as exc:
             log.warning("poll failed (%s); will poll again", type(exc).__name__)
             batches = {}
-        self._idle.wait()  # a rebalance callback may still run on the IO loop: never alongside it
         return [Message(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
                 for records in batches.values() for r in records]
 

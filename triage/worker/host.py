@@ -48,6 +48,7 @@ class HostOptions:
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 30.0
     drain_timeout_s: float = 30.0
+    revoke_timeout_s: float = 10.0  # how long revoked partitions' in-flight work may finish
     commit_interval_s: float = 1.0
     poll_timeout_s: float = 0.2
 
@@ -258,10 +259,15 @@ class Host:
                  f"; {len(back)} rewound to unfinished work" if back else "")
 
     def _on_revoked(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
-        """Let ``partitions`` go: returns the offsets of finished work to commit for them and
-        drops their unfinished studies, which their next owner redoes. Runs while the
-        consumer thread is parked in ``poll``; afterwards this member never commits for them."""
+        """Let ``partitions`` go: their in-flight studies get up to ``revoke_timeout_s`` to finish,
+        then the offsets of finished work are returned for the source to commit, and what is
+        still unfinished is dropped for the next owner to redo. Runs inside ``poll`` on the
+        consumer thread; afterwards this member never commits for these partitions."""
         metrics.REBALANCES.labels("revoked" if can_commit else "lost").inc()
+        if can_commit and not self._closed:
+            deadline = time.monotonic() + self.options.revoke_timeout_s
+            while any(t.message.tp in partitions for t in self._tasks.values()) and time.monotonic() < deadline:
+                self._pump(0.1)
         return self._release(partitions, can_commit)
 
     def _release(self, partitions: set[TopicPartition], can_commit: bool) -> dict[TopicPartition, int]:
