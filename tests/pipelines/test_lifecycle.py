@@ -12,7 +12,7 @@ pytest.importorskip("monai")
 
 from pipelines.dataset import load_study, read_labels  # noqa: E402
 from pipelines.evaluate import roc_auc, threshold_for, wilson  # noqa: E402
-from pipelines.make import run  # noqa: E402
+from pipelines.make import CONFIGS, SMALL, run  # noqa: E402
 from pipelines.train import input_spec, load_config  # noqa: E402
 from triage.dicom import decode_series, scan_study  # noqa: E402
 from triage.events import STUDY_SCHEMA, now_iso, parse_study_event  # noqa: E402
@@ -59,8 +59,7 @@ def test_training_and_serving_preprocessing_give_identical_tensors(tiny):
     work, models, _ = tiny
     dataset = work / "data" / "test"
     row = read_labels(dataset)[0]
-    cfg = load_config(__import__("pipelines.make", fromlist=["CONFIGS"]).CONFIGS / "ich.yaml",
-                      __import__("pipelines.make", fromlist=["SMALL"]).SMALL)
+    cfg = load_config(CONFIGS / "ich.yaml", SMALL)
     trained_on = load_study(dataset, row, input_spec(cfg)).image
     (series,) = scan_study(dataset / "studies" / row["study_id"])
     vol = decode_series(series)
