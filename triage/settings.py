@@ -6,7 +6,7 @@ no side effects (no models are loaded).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -62,9 +62,6 @@ class Settings:
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
         return cls(**values)
-
-    def with_(self, **changes: Any) -> "Settings":
-        return replace(self, **changes)
 
 
 def _coerce(name: str, type_name: Any, raw: Any) -> Any:

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable
 
 from triage import metrics
 from triage.bus.base import Message, SendHandle, Sink, Source, TopicPartition
 from triage.errors import SchemaError, TriageError
-from triage.events import PriorityEvent, parse_priority_event, parse_study_event, to_json
+from triage.events import PriorityEvent, StudyEvent, parse_priority_event, parse_study_event, to_json
 from triage.pipeline import Pipeline
 from triage.worker.offsets import OffsetTracker
 from triage.worker.pool import Result, WorkerPool
@@ -59,6 +60,7 @@ class _Task:
     attempts: int = 0
     outstanding: list[tuple[SendHandle, str, bytes, bytes, list]] = field(default_factory=list)
     event: PriorityEvent | None = None
+    study: StudyEvent | None = None  # None for a message that is not a valid study event
 
 
 class Host:
@@ -83,10 +85,6 @@ class Host:
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         self.source.subscribe([self.topics.studies], self._on_assigned, self._on_revoked)
@@ -128,7 +126,7 @@ class Host:
         self._by_offset[key] = task_id
         self.tracker.add(msg.tp, msg.offset)
         try:
-            parse_study_event(msg.value)
+            task.study = parse_study_event(msg.value)
         except SchemaError as exc:
             log.warning("message %s/%d@%d is not a valid study event: %s", msg.topic, msg.partition,
                         msg.offset, exc)
@@ -166,7 +164,7 @@ class Host:
             event = parse_priority_event(result.event_json)
         else:
             error = TriageError(result.error_message or "worker error")
-            event = self.pipeline.failed_event(parse_study_event(task.message.value), error)
+            event = self.pipeline.failed_event(task.study, error)
             result = Result(to_json(event), error.kind, str(error), False)
         task.event = event
         self._send(task, self.topics.priority, event.study_instance_uid.encode(), result.event_json.encode(), [])
@@ -220,9 +218,8 @@ class Host:
         self._finished += 1
         if task.event is not None:
             metrics.observe_event(task.event)
-            latency = _since(_received_at(m.value))
-            if latency is not None:
-                metrics.E2E_SECONDS.observe(latency)
+            if task.study is not None:
+                metrics.E2E_SECONDS.observe(_since(task.study.received_at))
             if self.on_event:
                 self.on_event(task.event)
 
@@ -319,34 +316,19 @@ class Host:
         log.info("shutdown 5/5: done")
 
 
-def _peek(value: bytes) -> dict:
-    import json
-
+def _study_uid(value: bytes) -> str | None:
+    """The StudyInstanceUID of a message that failed validation, if it has a usable one."""
     try:
         doc = json.loads(value)
     except (ValueError, UnicodeDecodeError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _study_uid(value: bytes) -> str | None:
-    uid = _peek(value).get("study_instance_uid")
+        return None
+    uid = doc.get("study_instance_uid") if isinstance(doc, dict) else None
     if isinstance(uid, str) and uid.replace(".", "").isdigit() and len(uid) <= 64:
         return uid
     return None
 
 
-def _received_at(value: bytes) -> str | None:
-    got = _peek(value).get("received_at")
-    return got if isinstance(got, str) else None
-
-
-def _since(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max(0.0, datetime.now(then.tzinfo).timestamp() - then.timestamp()) if then.tzinfo else None
-
+def _since(iso: str) -> float:
+    """Seconds since a validated ISO 8601 time (events are checked to carry a time zone)."""
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return max(0.0, (datetime.now(timezone.utc) - then).total_seconds())

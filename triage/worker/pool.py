@@ -93,9 +93,6 @@ class WorkerPool:
         """Stop caring about a task (its partition was revoked); a late result is dropped."""
         self._payloads.pop(task_id, None)
 
-    def __len__(self) -> int:
-        return len(self._payloads)
-
     def results(self, timeout_s: float) -> list[tuple[int, Result]]:
         if not self._futures:
             if timeout_s > 0:

@@ -51,10 +51,6 @@ class OnnxSession:
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o for o in outputs if o]
 
-    @property
-    def providers(self) -> list[str]:
-        return self._session.get_providers()
-
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         try:
             values = self._session.run(self._outputs, {self._input: x})
