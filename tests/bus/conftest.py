@@ -38,7 +38,8 @@ def pool(broker, model_setup, tmp_path, request):
     p = Pool(broker, name, tmp_path, models, rules)
     yield p
     p.close()
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
         print(p.logs())
 
 

@@ -5,6 +5,8 @@ Every test reads the priority events back from the topic and asserts on that set
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -16,6 +18,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
 
 def _uids(prefix: str, n: int) -> list[str]:
     return [f"1.2.826.0.1.{prefix}.{i}" for i in range(n)]
+
+
+def _wait_for_events(pool, n: int) -> None:
+    """Until ``n`` priority events are on the topic: work is in flight from then on."""
+    _wait_until(lambda: len(read_all(pool.broker.bootstrap, pool.priority, timeout=1)) >= n, 120, f"{n} events")
 
 
 def _wait_until(cond, timeout: float, what: str) -> None:
@@ -43,12 +50,8 @@ def test_kill_9_of_a_worker_process_loses_nothing(pool, wado):
     pool.submit([(u, wado.uri("ct4", 0.5)) for u in uids])
     host = pool.start_host(processes=2)
     _wait_until(lambda: len(host.worker_pids()) == 2, 60, "worker processes")
-    _wait_until(lambda: len(read_all(pool.broker.bootstrap, pool.priority, timeout=1)) >= 3, 120, "first events")
-    victim = host.worker_pids()[0]
-    import os
-    import signal
-
-    os.kill(victim, signal.SIGKILL)
+    _wait_for_events(pool, 3)
+    os.kill(host.worker_pids()[0], signal.SIGKILL)
     events = pool.wait_for(set(uids), timeout=180)
     assert set(events) == set(uids), pool.logs()
     for evs in events.values():  # duplicates are allowed, and share their event_id
@@ -66,7 +69,7 @@ def test_kill_9_of_a_host_while_another_runs(pool, wado):
     _wait_until(lambda: "assigned 2 partition(s)" in a.log_text() and "assigned 2 partition(s)" in b.log_text(),
                 90, "both hosts to own partitions")
     pool.submit([(u, wado.uri("ct4", 0.3)) for u in uids])
-    _wait_until(lambda: len(read_all(pool.broker.bootstrap, pool.priority, timeout=1)) >= 4, 120, "first events")
+    _wait_for_events(pool, 4)
     a.kill()
     events = pool.wait_for(set(uids), timeout=180)
     assert set(events) == set(uids), pool.logs()
@@ -100,7 +103,7 @@ def test_scaling_from_one_host_to_two_while_in_flight(pool, wado):
     a = pool.start_host(processes=2)
     _wait_until(lambda: "assigned 4 partition(s)" in a.log_text(), 90, "assignment")
     pool.submit([(u, wado.uri("ct4", 0.4)) for u in uids])
-    _wait_until(lambda: len(read_all(pool.broker.bootstrap, pool.priority, timeout=1)) >= 6, 120, "first events")
+    _wait_for_events(pool, 6)
     b = pool.start_host(processes=2)
     events = pool.wait_for(set(uids), timeout=240)
     assert set(events) == set(uids), pool.logs()
@@ -155,7 +158,7 @@ def test_broker_restart_mid_run_loses_nothing(pool, wado):
     host = pool.start_host(processes=2)
     _wait_until(lambda: "assigned 4 partition(s)" in host.log_text(), 90, "assignment")
     pool.submit([(u, wado.uri("ct4", 0.5)) for u in uids])
-    _wait_until(lambda: len(read_all(pool.broker.bootstrap, pool.priority, timeout=1)) >= 4, 120, "first events")
+    _wait_for_events(pool, 4)
     pool.broker.down()
     time.sleep(3)
     pool.broker.up()

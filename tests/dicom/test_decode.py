@@ -217,6 +217,8 @@ def test_voxel_budget_is_checked_before_pixels_are_read(tmp_path, monkeypatch):
     (series,) = scan_study(tmp_path / "s")
     calls = []
     monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("triage.dicom.decode._read_native", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("triage.dicom.decode.np.empty", lambda *a, **k: calls.append(a))
     with pytest.raises(VolumeTooLargeError, match=r"^slice000\.dcm: series of 4x128x128 = 65,536 voxels is over the budget of 50,000"):
         decode_series(series, max_voxels=50_000)
     assert calls == []  # nothing was read, nothing allocated
