@@ -47,6 +47,7 @@ class Pipeline:
         self.max_voxels = max_voxels
         self.decode_threads = decode_threads
         self.fetch_timeout_s = fetch_timeout_s
+        self._severities = {f.code: f.severity for m in registry.manifests.values() for f in m.findings}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
@@ -85,7 +86,7 @@ class Pipeline:
                 modalities = ", ".join(sorted({s.modality or "?" for s in series}))
                 status = Status.NO_APPLICABLE_MODEL
                 extra = [f"no model applies to {len(series)} series ({modalities})"]
-            priority = self.policy.score(findings, self._severities(), study.requested_priority,
+            priority = self.policy.score(findings, self._severities, study.requested_priority,
                                          study.patient_class, extra)
             clock["score"] = time.perf_counter() - t
             return Outcome(self._event(study, status, priority, findings, None, inputs, clock, started))
@@ -108,9 +109,6 @@ class Pipeline:
         return self._event(study, Status.FAILED, priority, [], info, inputs or study.source.uri,
                            clock or {"decode": 0.0, "infer": 0.0, "score": 0.0},
                            time.perf_counter() if started is None else started)
-
-    def _severities(self) -> dict[str, str]:
-        return {f.code: f.severity for m in self.registry.manifests.values() for f in m.findings}
 
     def _event(self, study: StudyEvent, status: Status, priority, findings, error, inputs: str,
                clock: dict[str, float], started: float) -> PriorityEvent:
