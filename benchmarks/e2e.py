@@ -1,9 +1,9 @@
 """End to end through a real Kafka broker: study event produced → priority event received.
 
-The worker runs as a separate `triage worker` process, as in production. No trained model is
-bundled yet, so the benchmark registers a stand-in ONNX graph (the volume maximum, built by the
-test helpers) routed to CT: decode, resample and ONNX Runtime all run; a real model's own
-compute will add to these times.
+The worker runs as a separate `triage worker` process, as in production, with the registered
+models of this checkout and the default routing rules: every model that applies to the study
+runs. Where no model is registered, a stand-in ONNX graph (the volume maximum, built by the test
+helpers) is routed to CT instead, so decode, resample and ONNX Runtime still run.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.bus.kafka_harness import ROOT, Broker, create_topics, free_port, study_event
 from tests.helpers import make_model_dir, rules_file
+from triage.inference.registry import DEFAULT_MODELS, check_models
 
 
 class Receiver(threading.Thread):
@@ -60,8 +61,12 @@ class Bench:
         self.work = work
         self.study = study
         self.broker = Broker(free_port(), work / "kafka")
-        make_model_dir(work / "models", "maxstat", window=(0, 100), shape=model_shape)
-        self.rules = rules_file(work / "rules.yaml", [{"name": "ct", "match": {"modality": "CT"}, "models": ["maxstat"]}])
+        self.models_args: list[str] = []
+        self.stand_in = not check_models(DEFAULT_MODELS)
+        if self.stand_in:
+            make_model_dir(work / "models", "maxstat", window=(0, 100), shape=model_shape)
+            rules = rules_file(work / "rules.yaml", [{"name": "ct", "match": {"modality": "CT"}, "models": ["maxstat"]}])
+            self.models_args = ["--models", str(work / "models"), "--rules", str(rules)]
         self.runs = 0
 
     def __enter__(self):
@@ -83,7 +88,7 @@ class Bench:
         host = subprocess.Popen(
             [sys.executable, "-m", "triage.cli", "worker", "--bootstrap", self.broker.bootstrap, "--processes",
              str(processes), "--group", name, "--in-topic", topics[0], "--out-topic", topics[1], "--dlq-topic",
-             topics[2], "--models", str(self.work / "models"), "--rules", str(self.rules), "--metrics-port", "0"],
+             topics[2], *self.models_args, "--metrics-port", "0"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         receiver = Receiver(self.broker.bootstrap, topics[1])
         receiver.start()

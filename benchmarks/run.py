@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import peers
+from benchmarks.measure import median_time, row
 from benchmarks.data import series_pair
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,25 +45,6 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
             "platform": platform.platform(), "libraries": versions,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm caches and imports once, untimed
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def row(name: str, ours: float, peer: float | None, unit: str, higher_is_better: bool = False, note: str = "") -> dict:
-    if peer is None:
-        ratio = None
-    else:
-        ratio = (ours / peer) if higher_is_better else (peer / ours)
-    return {"name": name, "ours": round(ours, 4), "peer": None if peer is None else round(peer, 4),
-            "unit": unit, "ratio": None if ratio is None else round(ratio, 3), "note": note}
 
 
 def bench_decode(raw: Path, j2k: Path, repeats: int, log) -> list[dict]:
@@ -126,10 +107,11 @@ def bench_e2e(study: Path, work: Path, n: int, interval_s: float, log) -> tuple[
         log(f"throughput: bursts of {n} studies with 1 and 2 worker processes")
         burst1 = bench.run(1, n, 0.0)
         burst2 = bench.run(2, n, 0.0)
+        models = "stand-in volume-maximum graph" if bench.stand_in else "every registered model that applies"
     lat = steady["latencies_s"]
     per_hour = {p: r["n"] / r["wall_s"] * 3600 for p, r in ((1, burst1), (2, burst2))}
     rows = [
-        row("e2e_p50_s", percentile(lat, 50), None, "s", note="produce → priority event received, steady rate"),
+        row("e2e_p50_s", percentile(lat, 50), None, "s", note=f"produce → priority event received, steady rate; {models}"),
         row("e2e_p95_s", percentile(lat, 95), None, "s"),
         row("e2e_p99_s", percentile(lat, 99), None, "s"),
         row("throughput_studies_per_hour_1proc", per_hour[1], None, "studies/h"),
@@ -187,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats (about 3 minutes)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
     parser.add_argument("--skip-kafka", action="store_true", help="leave out the end-to-end figures")
+    parser.add_argument("--skip-models", action="store_true", help="leave out the per-model figures")
     args = parser.parse_args(argv)
     n, size, repeats = (60, 256, 3) if args.quick else (300, 512, 3)
     e2e_n, interval = (8, 1.0) if args.quick else (20, 2.0)
@@ -202,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     results = bench_decode(raw, j2k, repeats, log)
     with tempfile.TemporaryDirectory(prefix="triage-bench-") as tmp:
         results += bench_real_files(Path(tmp), repeats, log)
+        if not args.skip_models:
+            from benchmarks.models import bench_models
+            from triage.inference.registry import DEFAULT_MODELS
+
+            log("models: ONNX Runtime vs torch, and our study path vs the MONAI-native path")
+            results += bench_models(raw, DEFAULT_MODELS, repeats, log)
         extra: dict = {}
         if not args.skip_kafka:
             e2e_rows, extra = bench_e2e(raw, Path(tmp), e2e_n, interval, log)

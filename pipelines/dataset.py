@@ -26,6 +26,7 @@ class Item:
     lesion_ml: float
     slice_thickness_mm: float
     source_slices: int
+    kind: str = ""  # finding subtype from labels.csv (e.g. subdural), for per-kind reporting
 
 
 def read_labels(dataset: Path) -> list[dict]:
@@ -50,7 +51,7 @@ def load_study(dataset: Path, row: dict, spec: InputSpec) -> Item:
         m = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / row["mask"]))).astype(np.float32)
         mask = (resample(m, spacing, spec.shape) > 0.25).astype(np.float32)[np.newaxis]
     return Item(row["study_id"], int(row["label"]), image, mask, float(row.get("lesion_ml") or 0),
-                float(row.get("slice_thickness_mm") or 0), array.shape[0])
+                float(row.get("slice_thickness_mm") or 0), array.shape[0], row.get("kind") or "")
 
 
 def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True) -> list[Item]:
@@ -66,7 +67,7 @@ def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True) -> list[
         if path.exists():
             z = np.load(path)
             items.append(Item(row["study_id"], int(row["label"]), z["image"], z["mask"], float(row.get("lesion_ml") or 0),
-                              float(row.get("slice_thickness_mm") or 0), int(z["source_slices"])))
+                              float(row.get("slice_thickness_mm") or 0), int(z["source_slices"]), row.get("kind") or ""))
             continue
         item = load_study(dataset, row, spec)
         np.savez_compressed(path, image=item.image, mask=item.mask, source_slices=item.source_slices)

@@ -28,6 +28,26 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr
 
 
+def fit_platt(labels: np.ndarray, scores: np.ndarray, steps: int = 50) -> tuple[float, float]:
+    """(a, b) of Platt scaling, sigmoid(a·logit(p) + b), fitted by Newton's method on the
+    validation split; the runtime applies it through the manifest (``triage...manifest.platt``)."""
+    x = np.log(np.clip(scores, 1e-7, 1 - 1e-7) / (1 - np.clip(scores, 1e-7, 1 - 1e-7)))
+    y = labels.astype(np.float64)
+    if y.min() == y.max():
+        return 1.0, 0.0
+    w = np.zeros(2)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(design @ w)))
+        grad = design.T @ (p - y)
+        hess = design.T @ (design * (p * (1 - p))[:, None]) + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(w[0]), float(w[1])
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return (float("nan"), float("nan"))
@@ -63,20 +83,42 @@ def confusion(labels, scores, threshold) -> dict:
             "specificity": tn / max(1, tn + fp), "specificity_ci95": wilson(tn, tn + fp)}
 
 
-def evaluate(test_items, test_scores, val_items, val_scores, operating_points: dict, out: Path) -> dict:
+def _sensitivity(items, scores, threshold, keep) -> dict:
+    sel = [s for it, s in zip(items, scores) if it.label == 1 and keep(it)]
+    return {"n": len(sel), "sensitivity": float(sum(s >= threshold for s in sel) / len(sel)) if sel else None}
+
+
+def check_targets(result: dict, targets: dict | None, items, scores) -> list[dict]:
+    """Each target in the model's config against what the held-out set showed."""
+    if not targets:
+        return []
+    op = result["operating_points"]["default"]
+    checks = [("ROC AUC", targets.get("auc"), result["auc"]),
+              ("sensitivity at the default operating point", targets.get("sensitivity"), op["sensitivity"]),
+              ("specificity at the default operating point", targets.get("specificity"), op["specificity"])]
+    if "min_lesion_ml" in targets:
+        big = _sensitivity(items, scores, op["threshold"], lambda it: it.lesion_ml >= targets["min_lesion_ml"])
+        checks.append((f"sensitivity for lesions >= {targets['min_lesion_ml']:g} mL",
+                       targets.get("sensitivity_min_lesion"), big["sensitivity"]))
+    return [{"target": name, "required": need, "measured": got, "met": bool(got is not None and got >= need)}
+            for name, need, got in checks if need is not None]
+
+
+def evaluate(test_items, test_scores, val_items, val_scores, operating_points: dict, out: Path,
+             targets: dict | None = None) -> dict:
     y = np.array([it.label for it in test_items])
     yv = np.array([it.label for it in val_items])
     ops = {name: confusion(y, test_scores, threshold_for(rule, yv, val_scores))
            for name, rule in operating_points.items()}
     default = ops["default"]["threshold"]
-    by_size, by_thickness = {}, {}
+    by_size, by_thickness, by_kind = {}, {}, {}
     for lo, hi in ((0, 1), (1, 5), (5, 20), (20, 1e9)):
-        sel = [(it, s) for it, s in zip(test_items, test_scores) if it.label == 1 and lo <= it.lesion_ml < hi]
         key = f"{lo:g}-{hi:g} mL" if hi < 1e9 else f">={lo:g} mL"
-        by_size[key] = {"n": len(sel), "sensitivity": (sum(s >= default for _, s in sel) / len(sel)) if sel else None}
+        by_size[key] = _sensitivity(test_items, test_scores, default, lambda it: lo <= it.lesion_ml < hi)
     for t in sorted({it.slice_thickness_mm for it in test_items}):
-        sel = [(it, s) for it, s in zip(test_items, test_scores) if it.label == 1 and it.slice_thickness_mm == t]
-        by_thickness[f"{t:g} mm"] = {"n": len(sel), "sensitivity": (sum(s >= default for _, s in sel) / len(sel)) if sel else None}
+        by_thickness[f"{t:g} mm"] = _sensitivity(test_items, test_scores, default, lambda it: it.slice_thickness_mm == t)
+    for k in sorted({it.kind for it in test_items if it.label == 1}):
+        by_kind[k or "unspecified"] = _sensitivity(test_items, test_scores, default, lambda it: it.kind == k)
     bins = np.linspace(0, 1, 11)
     calibration = []
     for lo, hi in zip(bins[:-1], bins[1:]):
@@ -86,7 +128,9 @@ def evaluate(test_items, test_scores, val_items, val_scores, operating_points: d
                                 "mean_predicted": float(test_scores[sel].mean()), "observed": float(y[sel].mean())})
     result = {"n_test": int(len(y)), "n_positive": int(y.sum()), "auc": roc_auc(y, test_scores),
               "operating_points": ops, "sensitivity_by_lesion_size": by_size,
-              "sensitivity_by_slice_thickness": by_thickness, "calibration": calibration}
+              "sensitivity_by_slice_thickness": by_thickness, "sensitivity_by_kind": by_kind,
+              "calibration": calibration}
+    result["targets"] = check_targets(result, targets, test_items, test_scores)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "eval.md").write_text(report(result))
@@ -102,9 +146,15 @@ def report(r: dict) -> str:
         lines.append(f"| {name} | {o['threshold']:.3f} | {o['sensitivity']:.3f} ({o['sensitivity_ci95'][0]:.3f}–"
                      f"{o['sensitivity_ci95'][1]:.3f}) | {o['specificity']:.3f} ({o['specificity_ci95'][0]:.3f}–"
                      f"{o['specificity_ci95'][1]:.3f}) |")
-    for title, key in (("lesion size", "sensitivity_by_lesion_size"), ("slice thickness", "sensitivity_by_slice_thickness")):
+    if r.get("targets"):
+        lines += ["", "Targets:", "", "| target | required | measured | met |", "|---|---|---|---|"]
+        for t in r["targets"]:
+            got = "-" if t["measured"] is None else f"{t['measured']:.3f}"
+            lines.append(f"| {t['target']} | >= {t['required']:.2f} | {got} | {'yes' if t['met'] else '**no**'} |")
+    for title, key in (("lesion size", "sensitivity_by_lesion_size"), ("slice thickness", "sensitivity_by_slice_thickness"),
+                       ("finding type", "sensitivity_by_kind")):
         lines += ["", f"Sensitivity at the default operating point by {title}:", "", "| group | n | sensitivity |", "|---|---|---|"]
-        for group, v in r[key].items():
+        for group, v in r.get(key, {}).items():
             sens = "-" if v["sensitivity"] is None else f"{v['sensitivity']:.3f}"
             lines.append(f"| {group} | {v['n']} | {sens} |")
     lines += ["", "Calibration (predicted vs observed positive rate):", "", "| bin | n | predicted | observed |", "|---|---|---|---|"]

@@ -6,32 +6,60 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.evaluate import evaluate
+from pipelines.evaluate import evaluate, fit_platt
 from pipelines.export import export_onnx, parity
 from pipelines.register import register
-from pipelines.synth.__main__ import generate
+from pipelines.synth.generate import generate
 from pipelines.train import input_spec, load_config, load_model, predict, train
+from triage.inference.manifest import platt
 
 CONFIGS = Path(__file__).parent / "configs"
 SMALL = {"data.train": {"n": 6, "seed": 1}, "data.val": {"n": 4, "seed": 2}, "data.test": {"n": 4, "seed": 3},
          "data.matrix": 48, "train.epochs": 1, "train.channels": [4, 8], "input.shape": [16, 32, 32]}
 
 
+def compare_with_committed(committed: Path, result: dict, tolerance: dict | None) -> list[dict]:
+    """This run's headline figures against the registered model's, within the config's tolerance."""
+    if not committed.exists() or not tolerance:
+        return []
+    before = json.loads(committed.read_text())
+    rows = []
+    for key, get in (("auc", lambda r: r["auc"]),
+                     ("sensitivity", lambda r: r["operating_points"]["default"]["sensitivity"]),
+                     ("specificity", lambda r: r["operating_points"]["default"]["specificity"])):
+        if key in tolerance:
+            diff = abs(get(result) - get(before))
+            rows.append({"figure": key, "committed": get(before), "this_run": get(result), "tolerance": tolerance[key],
+                         "within": diff <= tolerance[key]})
+    for r in rows:
+        print(f"  {r['figure']:<12} committed {r['committed']:.3f}  this run {r['this_run']:.3f}  "
+              f"{'within' if r['within'] else 'OUTSIDE'} ±{r['tolerance']:g}")
+    return rows
+
+
 def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, data: Path | None = None) -> dict:
+    """The lifecycle for one model; ``data``: an existing dataset folder (train/, val/, test/)
+    to use instead of generating phantoms."""
     started = time.perf_counter()
     cfg = load_config(CONFIGS / f"{name}.yaml", SMALL if small else None)
-    data = work / "data"
+    own_data = data is not None
+    data = data or work / "data"
     for split in ("train", "val", "test"):
         spec_ = cfg["data"][split]
         marker = data / split / ".complete"
-        if not (resume and marker.exists()):
+        if own_data:
+            if not (data / split / "labels.csv").exists():
+                raise SystemExit(f"{data / split}: no labels.csv (a dataset needs train/, val/ and test/ splits)")
+        elif not (resume and marker.exists()):
             generate(cfg["phantom"], int(spec_["n"]), int(spec_["seed"]), data / split,
                      matrix=int(cfg["data"]["matrix"]), progress=progress)
             marker.touch()
@@ -41,15 +69,28 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
 
     spec = input_spec(cfg)
     val_items, test_items = load_dataset(data / "val", spec, progress), load_dataset(data / "test", spec, progress)
-    val_scores, _ = predict(model, val_items)
-    test_scores, _ = predict(model, test_items)
-    result = evaluate(test_items, test_scores, val_items, val_scores, cfg["operating_points"], work / "eval")
+    val_raw, _ = predict(model, val_items)
+    test_raw, _ = predict(model, test_items)
+    # Calibrate on validation, then evaluate and set thresholds on the calibrated scale: the
+    # probabilities in priority events are what the priority policy weighs.
+    a, b = fit_platt(np.array([it.label for it in val_items]), val_raw)
+    val_scores, test_scores = (np.array([platt(p, a, b) for p in raw]) for raw in (val_raw, test_raw))
+    result = evaluate(test_items, test_scores, val_items, val_scores, cfg["operating_points"], work / "eval",
+                      cfg.get("targets"))
+    result["platt"] = {"a": a, "b": b}
     onnx_path = work / "model.onnx"
     export_onnx(model, spec, onnx_path)
     result["parity_max_abs_diff"] = parity(model, onnx_path, np.stack([it.image for it in test_items]))
-    folder = register(cfg, onnx_path, work / "eval", models_dir, result)
+    result["reproduction"] = compare_with_committed(models_dir / name / "eval.json", result, cfg.get("reproduce"))
+    spent = work / "run" / "seconds.json"  # a resumed run adds to the time the earlier ones spent
+    before = json.loads(spent.read_text())["seconds"] if (resume and spent.exists()) else 0
+    result["make_seconds"] = round(before + time.perf_counter() - started)
+    spent.write_text(json.dumps({"seconds": result["make_seconds"]}))
+    result["make_cores"] = os.cpu_count()
+    (work / "eval" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    folder = register(cfg, onnx_path, work / "eval", models_dir, result, weights=best)
     print(f"{name}: AUC {result['auc']:.3f}, parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
-          f"({time.perf_counter() - started:.0f} s)")
+          f"({result['make_seconds']} s on {result['make_cores']} cores)")
     return result
 
 
@@ -61,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=Path("models"), help="where to register (default: models/)")
     p.add_argument("--small", action="store_true", help="a tiny run: a few small studies, one epoch")
     p.add_argument("--resume", action="store_true", help="reuse generated data and continue training")
+    p.add_argument("--data", type=Path, help="your own dataset folder with train/, val/ and test/ splits in the "
+                   "layout of pipelines/synth/write.py (default: generate phantoms)")
     args = p.parse_args(argv)
-    run(args.model, args.work or Path(".cache/train") / args.model, args.models, args.small, args.resume)
+    run(args.model, args.work or Path(".cache/train") / args.model, args.models, args.small, args.resume,
+        data=args.data)
     return 0
 
 

@@ -20,6 +20,8 @@ from pydicom.uid import generate_uid
 
 from triage.demo import find_test_file
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+
 
 def ref(name: str) -> Path:
     path = find_test_file(name)

@@ -5,13 +5,11 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_model_dir, ref, rules_file, write_series
+from tests.helpers import ROOT, make_model_dir, ref, rules_file, write_series
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def triage(*args, cwd=ROOT):
@@ -94,7 +92,7 @@ def test_help_explains_each_command():
 
 
 def test_demo_scores_extra_study_folders(tmp_path):
-    from pipelines.synth.__main__ import generate
+    from pipelines.synth.generate import generate
 
     generate("head_ct", 2, 77, tmp_path / "phantoms", matrix=48, progress=False)
     (tmp_path / "no-models").mkdir()

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pydicom
 
-from tests.helpers import ref
+from tests.helpers import ROOT, ref
 from triage.demo import SAMPLES
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _phi_values() -> set[str]:

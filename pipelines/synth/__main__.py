@@ -8,32 +8,10 @@ disjoint and reproducible. About half the studies are positive (--positive-fract
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from pipelines.synth.head import head_ct, head_cta
-from pipelines.synth.write import write_study
-
-KINDS = {"head_ct": head_ct, "head_cta": head_cta}
-
-
-def generate(kind: str, n: int, seed: int, out: Path, positive_fraction: float = 0.5, matrix: int = 128,
-             progress: bool = True) -> list[dict]:
-    from tqdm import tqdm
-
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in tqdm(range(n), desc=f"{kind} seed {seed}", unit="study", disable=not progress):
-        positive = bool(rng.random() < positive_fraction)
-        ph = KINDS[kind](rng, positive, matrix=matrix)
-        rows.append(write_study(ph, out, f"s{seed}-{i:04d}", seed))
-    return rows
+from pipelines.synth.generate import KINDS, generate
 
 
 def main(argv: list[str] | None = None) -> int:

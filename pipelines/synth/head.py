@@ -99,7 +99,7 @@ def _haemorrhage(rng, coords, r, kind: str) -> np.ndarray:
     zc, zh = rng.uniform(-25, 25), rng.uniform(10, 35)
     band = np.abs(z - zc) < zh
     if kind == "subdural":  # crescent against the inner table
-        thick = rng.uniform(0.012, 0.06)
+        thick = rng.uniform(0.025, 0.09)  # ~2-7 mm
         return sector & band & (r < 0.87) & (r >= 0.87 - thick)
     # subarachnoid-like: patchy hyperdensity in the CSF rim and sulci
     patches = _smooth_noise(rng, r.shape, 6.0) > rng.uniform(0.0, 0.25)

@@ -89,17 +89,15 @@ def write_mask(ph: Phantom, path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def append_label(dataset: Path, row: dict) -> None:
-    path = dataset / "labels.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
+def write_labels(dataset: Path, rows: list[dict]) -> None:
+    with open(dataset / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LABEL_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def write_study(ph: Phantom, dataset: Path, study_id: str, seed: int) -> dict:
+    """The study's DICOM series and mask; returns its labels.csv row."""
     write_dicom_series(ph, dataset / "studies" / study_id, study_id, seed)
     mask_rel = ""
     if ph.mask.any():
@@ -107,5 +105,4 @@ def write_study(ph: Phantom, dataset: Path, study_id: str, seed: int) -> dict:
         write_mask(ph, dataset / mask_rel)
     row = {"study_id": study_id, "label": ph.label, "finding": ph.finding, "kind": ph.kind, "mask": mask_rel,
            "lesion_ml": f"{ph.lesion_ml:.3f}", "slice_thickness_mm": f"{ph.spacing_zyx[0]:g}"}
-    append_label(dataset, row)
     return row

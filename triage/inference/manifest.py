@@ -31,11 +31,15 @@ class FindingSpec:
     calibration: tuple[float, float] = (1.0, 0.0)  # Platt scaling on the logit: a·logit + b
 
     def calibrate(self, p: float) -> float:
-        a, b = self.calibration
-        if (a, b) == (1.0, 0.0):
-            return float(p)
-        p = min(max(float(p), 1e-7), 1 - 1e-7)
-        return 1.0 / (1.0 + math.exp(-(a * math.log(p / (1 - p)) + b)))
+        return platt(p, *self.calibration)
+
+
+def platt(p: float, a: float, b: float) -> float:
+    """Platt scaling of a probability: sigmoid(a·logit(p) + b); (1, 0) leaves it unchanged."""
+    if (a, b) == (1.0, 0.0):
+        return float(p)
+    p = min(max(float(p), 1e-7), 1 - 1e-7)
+    return 1.0 / (1.0 + math.exp(-(a * math.log(p / (1 - p)) + b)))
 
 
 @dataclass(frozen=True)

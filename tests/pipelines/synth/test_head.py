@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.synth.__main__ import generate
+from pipelines.synth.generate import generate
 from pipelines.synth.head import head_ct, head_cta
 from tests.helpers import in_ci
 from triage.dicom import decode_series, scan_study

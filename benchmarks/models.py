@@ -1,0 +1,88 @@
+"""Per-model figures on the benchmark's 300-slice head CT: ONNX Runtime (what we serve) against
+the same network in torch eval mode, and our whole study path against the MONAI-native path an
+ML engineer would write (MONAI LoadImage + MONAI transforms + the torch network)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.measure import median_time, row
+
+
+def _torch_model(folder: Path):
+    """The registered torch weights of a model, or None (registered without them, or no torch)."""
+    try:
+        from pipelines.train import load_model
+    except ImportError:
+        return None
+    weights = folder / "weights.pt"
+    return load_model(weights)[0] if weights.exists() else None
+
+
+def _monai_native(study: Path, model, spec):
+    """Load, window, resize and run, the MONAI way; returns the study probability."""
+    import torch
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensityRange
+
+    lower, upper = spec.window
+    shape_xyz = tuple(reversed(spec.shape))
+    transforms = Compose([LoadImage(reader="PydicomReader", image_only=True), EnsureChannelFirst(),
+                          ScaleIntensityRange(a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True),
+                          Resize(spatial_size=shape_xyz, mode="trilinear")])
+    x = torch.as_tensor(transforms(str(study))).permute(0, 3, 2, 1)[None].float()  # [1, 1, z, y, x]
+    with torch.inference_mode():
+        prob, _ = model(x)
+    return float(prob.reshape(-1)[0])
+
+
+def bench_models(study: Path, models_dir: Path, repeats: int, log) -> list[dict]:
+    import torch
+
+    from triage.dicom import decode_series, scan_study
+    from triage.events import now_iso, parse_study_event
+    from triage.inference.registry import ModelRegistry
+    from triage.pipeline import Pipeline
+    from triage.preprocess import preprocess
+    from triage.settings import Settings
+
+    registry = ModelRegistry(models_dir)
+    if not registry.manifests:
+        log("models: none registered, no inference figures")
+        return []
+    torch.set_num_threads(2)
+    (series,) = scan_study(study)
+    volume = decode_series(series)
+    rows = []
+    for name, manifest in sorted(registry.manifests.items()):
+        session = registry.session(name)
+        x = preprocess(volume.array, volume.spacing_zyx, manifest.input)
+        t_pre = median_time(lambda: preprocess(volume.array, volume.spacing_zyx, manifest.input), repeats)
+        t_ort = median_time(lambda: session.run(x), repeats)
+        model = _torch_model(manifest.folder)
+        t_torch = None
+        if model is not None:
+            def eager():
+                with torch.inference_mode():
+                    model(torch.from_numpy(x))
+            t_torch = median_time(eager, repeats)
+        rows.append(row(f"infer_ort_vs_torch_{name}", t_ort * 1e3, None if t_torch is None else t_torch * 1e3, "ms",
+                        note=f"input {'x'.join(map(str, manifest.input.shape))}; peer: the same network, torch eval"))
+        rows.append(row(f"preprocess_and_infer_ms_{name}", (t_pre + t_ort) * 1e3, None, "ms",
+                        note=f"{volume.shape[0]}-slice study: resample + window + ONNX Runtime (target ≤ 1000)"))
+        log(f"  {name}: preprocess {t_pre * 1e3:.0f} ms, ONNX Runtime {t_ort * 1e3:.0f} ms, torch "
+            f"{'-' if t_torch is None else f'{t_torch * 1e3:.0f} ms'}")
+    if "ich" in registry.manifests and (model := _torch_model(registry.manifests["ich"].folder)) is not None:
+        pipeline = Pipeline.from_settings(Settings(models_dir=models_dir, processes=1))
+        event = parse_study_event({"schema": "triage.study/v1", "study_instance_uid": "2.25.1",
+                                   "source": {"uri": study.as_uri()}, "received_at": now_iso()})
+
+        def ours():
+            outcome = pipeline.process(event)
+            assert outcome.error is None, outcome.error
+
+        t_ours = median_time(ours, repeats)
+        t_native = median_time(lambda: _monai_native(study, model, registry.manifests["ich"].input), repeats)
+        rows.append(row("study_vs_monai_native", t_ours * 1e3, t_native * 1e3, "ms",
+                        note="ich on the 300-slice study: our pipeline (scan, decode, route, infer, score) vs "
+                             "MONAI LoadImage + transforms + torch network"))
+        log(f"  study: ours {t_ours * 1e3:.0f} ms, MONAI-native {t_native * 1e3:.0f} ms")
+    return rows
