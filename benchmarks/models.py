@@ -82,7 +82,7 @@ def bench_models(study: Path, models_dir: Path, repeats: int, log) -> list[dict]
         t_ours = median_time(ours, repeats)
         t_native = median_time(lambda: _monai_native(study, model, registry.manifests["ich"].input), repeats)
         rows.append(row("study_vs_monai_native", t_ours * 1e3, t_native * 1e3, "ms",
-                        note="ich on the 300-slice study: our pipeline (scan, decode, route, infer, score) vs "
-                             "MONAI LoadImage + transforms + torch network"))
+                        note=f"ich on the {volume.shape[0]}-slice study: our pipeline (scan, decode, route, infer, "
+                             "score) vs MONAI LoadImage + transforms + torch network"))
         log(f"  study: ours {t_ours * 1e3:.0f} ms, MONAI-native {t_native * 1e3:.0f} ms")
     return rows

@@ -134,7 +134,7 @@ def evaluate(test_items, test_scores, val_items, val_scores, operating_points: d
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "eval.md").write_text(report(result))
-    plot_roc(y, test_scores, ops, out / "roc.png")
+    plot_roc(y, test_scores, ops, calibration, out / "roc.png")
     return result
 
 
@@ -163,14 +163,15 @@ def report(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_roc(y, scores, ops, path: Path) -> None:
+def plot_roc(y, scores, ops, calibration, path: Path) -> None:
+    """ROC curve with the operating points, and the calibration (reliability) curve beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fpr, tpr = roc_curve(y, scores)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, (ax, cal) = plt.subplots(1, 2, figsize=(9, 4.5))
     ax.plot(fpr, tpr, color="#3b6ea8", label=f"AUC {roc_auc(y, scores):.3f}")
     for name, o in ops.items():
         ax.plot(1 - o["specificity"], o["sensitivity"], "o", label=name)
@@ -179,6 +180,16 @@ def plot_roc(y, scores, ops, path: Path) -> None:
     ax.set_ylabel("sensitivity")
     ax.set_title("ROC, held-out phantoms")
     ax.legend(loc="lower right")
+    cal.plot([0, 1], [0, 1], ":", color="grey")
+    cal.plot([c["mean_predicted"] for c in calibration], [c["observed"] for c in calibration], "o-", color="#5a9e6f")
+    for c in calibration:
+        cal.annotate(str(c["n"]), (c["mean_predicted"], c["observed"]), textcoords="offset points", xytext=(4, 4),
+                     fontsize=7, color="grey")
+    cal.set_xlim(0, 1)
+    cal.set_ylim(0, 1)
+    cal.set_xlabel("predicted probability (bin mean)")
+    cal.set_ylabel("observed positive rate")
+    cal.set_title("Calibration (n per bin)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
