@@ -33,8 +33,8 @@ def fit_platt(labels: np.ndarray, scores: np.ndarray, steps: int = 50) -> tuple[
     validation split; the runtime applies it through the manifest (``triage...manifest.platt``)."""
     x = np.log(np.clip(scores, 1e-7, 1 - 1e-7) / (1 - np.clip(scores, 1e-7, 1 - 1e-7)))
     y = labels.astype(np.float64)
-    if y.min() == y.max():
-        return 1.0, 0.0
+    if y.min() == y.max() or x[y == 0].max() < x[y == 1].min():
+        return 1.0, 0.0  # one class, or perfectly separated: the maximum-likelihood slope is infinite
     w = np.zeros(2)
     design = np.stack([x, np.ones_like(x)], axis=1)
     for _ in range(steps):

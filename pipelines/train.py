@@ -2,8 +2,9 @@
 
     python -m pipelines.train --config pipelines/configs/ich.yaml --data data/ich --run runs/ich [--resume]
 
-MONAI network, loss and metric; deterministic seeds; a progress bar per epoch; a checkpoint
-after every epoch (``--resume`` continues from it) and the best model by validation AUC.
+MONAI network, transforms and metric (the loss is torch's voxel BCE, see below); deterministic
+seeds; a progress bar per epoch; a checkpoint after every epoch (``--resume`` continues from it)
+and the best model by validation AUC.
 """
 from __future__ import annotations
 
@@ -104,8 +105,8 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
         if auc > best_auc:
             best_auc = auc
             torch.save({"model": model.state_dict(), "config": cfg, "epoch": epoch, "val_auc": auc}, best_path)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch,
-                    "best_auc": best_auc}, ckpt)
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+                    "epoch": epoch, "best_auc": best_auc}, ckpt)
         print(f"epoch {epoch + 1}: validation AUC {auc:.3f} (best {best_auc:.3f})", flush=True)
     return best_path
 

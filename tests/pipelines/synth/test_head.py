@@ -87,3 +87,13 @@ def test_dciodvfy_finds_no_errors_in_the_ct_iod(datasets):
         out = subprocess.run([tool, str(sorted(first.glob("*.dcm"))[0])], capture_output=True, text=True)
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], errors
+
+
+def test_a_dataset_is_the_same_whatever_the_worker_count(tmp_path):
+    one = generate("head_ct", 4, 31, tmp_path / "one", matrix=32, progress=False, workers=1)
+    two = generate("head_ct", 4, 31, tmp_path / "two", matrix=32, progress=False, workers=2)
+    assert one == two
+    assert (tmp_path / "one" / "labels.csv").read_text() == (tmp_path / "two" / "labels.csv").read_text()
+    for row in one:
+        a, b = (decode_series(scan_study(tmp_path / d / "studies" / row["study_id"])[0]).array for d in ("one", "two"))
+        assert np.array_equal(a, b)
