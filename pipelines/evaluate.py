@@ -138,6 +138,15 @@ def evaluate(test_items, test_scores, val_items, val_scores, operating_points: d
     return result
 
 
+def targets_table(targets: list[dict]) -> list[str]:
+    """The targets as markdown table lines (eval.md and card.md)."""
+    lines = ["| target | required | measured | met |", "|---|---|---|---|"]
+    for t in targets:
+        got = "-" if t["measured"] is None else f"{t['measured']:.3f}"
+        lines.append(f"| {t['target']} | >= {t['required']:.2f} | {got} | {'yes' if t['met'] else '**no**'} |")
+    return lines
+
+
 def report(r: dict) -> str:
     lines = ["# Evaluation (held-out synthetic phantoms)", "",
              f"{r['n_test']} test studies, {r['n_positive']} positive. ROC AUC **{r['auc']:.3f}**.", "",
@@ -147,10 +156,7 @@ def report(r: dict) -> str:
                      f"{o['sensitivity_ci95'][1]:.3f}) | {o['specificity']:.3f} ({o['specificity_ci95'][0]:.3f}–"
                      f"{o['specificity_ci95'][1]:.3f}) |")
     if r.get("targets"):
-        lines += ["", "Targets:", "", "| target | required | measured | met |", "|---|---|---|---|"]
-        for t in r["targets"]:
-            got = "-" if t["measured"] is None else f"{t['measured']:.3f}"
-            lines.append(f"| {t['target']} | >= {t['required']:.2f} | {got} | {'yes' if t['met'] else '**no**'} |")
+        lines += ["", "Targets:", "", *targets_table(r["targets"])]
     for title, key in (("lesion size", "sensitivity_by_lesion_size"), ("slice thickness", "sensitivity_by_slice_thickness"),
                        ("finding type", "sensitivity_by_kind")):
         lines += ["", f"Sensitivity at the default operating point by {title}:", "", "| group | n | sensitivity |", "|---|---|---|"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.evaluate import targets_table
 from triage.inference.manifest import artifact_digest, load_manifest
 
 CARD = """# {label} (`{name}` {version})
@@ -42,13 +43,7 @@ weights and training config, for fine-tuning and for the ONNX-vs-torch benchmark
 
 
 def _targets_text(result: dict) -> str:
-    if not result.get("targets"):
-        return ""
-    lines = ["| target | required | measured | met |", "|---|---|---|---|"]
-    for t in result["targets"]:
-        got = "-" if t["measured"] is None else f"{t['measured']:.3f}"
-        lines.append(f"| {t['target']} | >= {t['required']:.2f} | {got} | {'yes' if t['met'] else '**no**'} |")
-    return "\n".join(lines)
+    return "\n".join(targets_table(result["targets"])) if result.get("targets") else ""
 
 
 def _status_text(result: dict) -> str:
