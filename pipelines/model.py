@@ -6,23 +6,28 @@ import torch
 from torch import nn
 
 
-def build_model(train_cfg: dict) -> "Triager":
-    """The model a config's ``train`` section describes."""
-    mirror = bool(train_cfg.get("mirror", False))
-    return Triager(build_net(train_cfg.get("channels", (8, 16, 32)), in_channels=2 if mirror else 1), mirror)
+def build_model(cfg: dict) -> "Triager":
+    """The model a config describes (its ``train`` section; its input shape decides 2-D or 3-D:
+    a depth of 1 is a radiograph)."""
+    tc = cfg["train"]
+    mirror = bool(tc.get("mirror", False))
+    planar = int(cfg["input"]["shape"][0]) == 1
+    net = build_net(tc.get("channels", (8, 16, 32)), in_channels=2 if mirror else 1, spatial_dims=2 if planar else 3)
+    return Triager(net, mirror, planar)
 
 
-def build_net(channels=(8, 16, 32), in_channels: int = 1) -> nn.Module:
+def build_net(channels=(8, 16, 32), in_channels: int = 1, spatial_dims: int = 3) -> nn.Module:
     from monai.networks.nets import UNet
 
     # Batch norm, not MONAI's default instance norm: in eval mode it is a fixed affine map, so
     # ONNX Runtime matches torch within the export's 1e-4 (instance norm's reductions over
     # ~300k voxels drifted past it).
-    net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=tuple(channels),
+    net = UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, channels=tuple(channels),
                strides=tuple(2 for _ in channels[1:]), num_res_units=1, norm="batch")
     # Lesion voxels are rare: start the output at a low prior (sigmoid(-4) ≈ 0.02) rather than 0.5,
     # otherwise the first hundreds of steps only learn the background.
-    last = [m for m in net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))][-1]
+    convs = (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)
+    last = [m for m in net.modules() if isinstance(m, convs)][-1]
     with torch.no_grad():
         last.bias.fill_(-4.0)
     return net
@@ -36,17 +41,24 @@ class Triager(nn.Module):
 
     With ``mirror`` the network also sees the volume flipped left to right as a second channel,
     so each voxel is compared with the other side of the head: what is missing on one side
-    (an occluded artery) or present on one side only (a bleed) stands out locally."""
+    (an occluded artery) or present on one side only (a bleed) stands out locally.
 
-    def __init__(self, net: nn.Module, mirror: bool = False):
+    ``planar``: the input is one image (a radiograph, depth 1) and ``net`` a 2-D network; the
+    interface stays [N,1,1,H,W] so the runtime reads every model the same way."""
+
+    def __init__(self, net: nn.Module, mirror: bool = False, planar: bool = False):
         super().__init__()
         self.net = net
         self.mirror = mirror
+        self.planar = planar
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.planar:
+            x = x[:, :, 0]
         if self.mirror:
-            x = torch.cat([x, torch.flip(x, dims=[4])], dim=1)
-        return self.net(x)
+            x = torch.cat([x, torch.flip(x, dims=[-1])], dim=1)
+        out = self.net(x)
+        return out.unsqueeze(2) if self.planar else out
 
     def heat(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x))

@@ -165,3 +165,20 @@ class StudyServer:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines ``dciodvfy`` (dicom3tools) reports for one file; skips the test where the
+    tool is missing, fails it under CI=true (.ci/run installs it)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if in_ci():
+            pytest.fail("dciodvfy (Debian package dicom3tools) is not installed; .ci/run installs it")
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]

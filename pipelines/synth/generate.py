@@ -13,10 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.synth.head import head_ct, head_cta
+from pipelines.synth.chest import chest_ct
+from pipelines.synth.head import head_ct, head_cta, head_ct_fracture
+from pipelines.synth.radiograph import chest_radiograph
 from pipelines.synth.write import write_labels, write_study
 
-KINDS = {"head_ct": head_ct, "head_cta": head_cta}
+# phantom kind (a model config's `phantom`) -> generator; positives carry that kind's finding
+KINDS = {
+    "head_ct": head_ct,
+    "head_cta": head_cta,
+    "head_ct_fracture": head_ct_fracture,
+    "chest_ct_pneumothorax": partial(chest_ct, finding="pneumothorax"),
+    "chest_ct_pericardial_effusion": partial(chest_ct, finding="pericardial_effusion"),
+    "ctpa_pe": partial(chest_ct, finding="pe"),
+    "cta_aortic_dissection": partial(chest_ct, finding="aortic_dissection"),
+    "chest_radiograph_pneumothorax": chest_radiograph,
+}
 
 
 def _one(kind: str, seed: int, i: int, out: Path, positive_fraction: float, matrix: int) -> dict:

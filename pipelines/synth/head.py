@@ -7,58 +7,12 @@ grey/white matter ~35/25 HU, CSF ~5 HU, blood 50–90 HU, contrast-filled arteri
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
+
+from pipelines.synth.common import Phantom, grid, smooth_noise
 
 THICKNESSES = (0.625, 1.25, 2.5, 5.0)
 HAEMORRHAGE_KINDS = ("intraparenchymal", "subdural", "subarachnoid")
-
-
-@dataclass
-class Phantom:
-    """A synthetic study before it is written: HU array ``[z, y, x]`` and its geometry."""
-
-    hu: np.ndarray
-    spacing_zyx: tuple[float, float, float]
-    mask: np.ndarray
-    label: int
-    finding: str
-    kind: str
-    contrast: bool
-    description: str
-    lesion_ml: float
-    extra: dict = field(default_factory=dict)
-
-
-def _grid(rng: np.random.Generator, thickness: float, matrix: int):
-    pixel = round(float(rng.uniform(0.85, 1.0)) * 240.0 / matrix, 4)  # field of view ~205–240 mm
-    coverage = float(rng.uniform(100.0, 130.0))
-    nz = max(8, int(round(coverage / thickness)))
-    z = (np.arange(nz) - (nz - 1) / 2) * thickness
-    yx = (np.arange(matrix) - (matrix - 1) / 2) * pixel
-    zz, yy, xx = np.meshgrid(z, yx, yx, indexing="ij")
-    # tilt (pitch about x, yaw about z) and shift: the head frame in scanner coordinates
-    pitch, yaw = np.radians(rng.uniform(-12, 12)), np.radians(rng.uniform(-8, 8))
-    shift = rng.uniform(-10, 10, size=3)
-    x1, y1, z1 = xx - shift[2], yy - shift[1], zz - shift[0]
-    y2 = y1 * np.cos(pitch) - z1 * np.sin(pitch)
-    z2 = y1 * np.sin(pitch) + z1 * np.cos(pitch)
-    x3 = x1 * np.cos(yaw) - y2 * np.sin(yaw)
-    y3 = x1 * np.sin(yaw) + y2 * np.cos(yaw)
-    return (z2.astype(np.float32), y3.astype(np.float32), x3.astype(np.float32)), (thickness, pixel, pixel)
-
-
-def _smooth_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
-    """Low-frequency texture in [-1, 1] (sum of a few random cosines)."""
-    z, y, x = (np.linspace(0, 1, n, dtype=np.float32) for n in shape)
-    out = np.zeros(shape, np.float32)
-    for _ in range(4):
-        f = rng.uniform(1, 4, size=3) * scale
-        p = rng.uniform(0, 2 * np.pi, size=3)
-        out += (np.cos(2 * np.pi * f[0] * z + p[0])[:, None, None] * np.cos(2 * np.pi * f[1] * y + p[1])[None, :, None]
-                * np.cos(2 * np.pi * f[2] * x + p[2])[None, None, :])
-    return out / 4
 
 
 def _head(rng, coords):
@@ -71,7 +25,7 @@ def _head(rng, coords):
     depth = (0.955 - r) / 0.085  # 0 outer table .. 1 inner table: bright tables, darker diploe
     hu[skull] = (1400 - 600 * np.sin(np.pi * np.clip(depth, 0, 1)))[skull] * rng.uniform(0.85, 1.05)
     brain = r < 0.87
-    white = r < 0.62 + 0.05 * _smooth_noise(rng, r.shape, 2.0)
+    white = r < 0.62 + 0.05 * smooth_noise(rng, r.shape, 2.0)
     hu[brain] = 35.0
     hu[brain & white] = 25.0
     hu[(r < 0.87) & (r >= 0.85)] = 6.0  # subarachnoid CSF rim
@@ -81,7 +35,29 @@ def _head(rng, coords):
     return hu, r, (a, b, c)
 
 
-def _haemorrhage(rng, coords, r, kind: str) -> np.ndarray:
+def _csf_spaces(rng, coords, r, axes) -> dict[str, np.ndarray]:
+    """The subarachnoid spaces where subarachnoid blood collects: cortical sulci (radial clefts
+    ~1.5–2 mm wide, up to ~12 mm deep), the Sylvian fissures and the basal cisterns."""
+    z, y, x = coords
+    a, b, c = axes
+    theta = np.arctan2(y / b, x / a)
+    phi = np.arctan2(z / c, np.sqrt((x / a) ** 2 + (y / b) ** 2))
+    folds = rng.integers(16, 24) * theta + rng.integers(3, 7) * phi + 3.0 * smooth_noise(rng, r.shape, 2.0)
+    sulci = (np.abs(np.sin(folds)) > 0.975) & (r < 0.85) & (r > 0.72)
+    sylvian = np.zeros(r.shape, bool)
+    z0, y0 = rng.uniform(-12, 0), rng.uniform(-10, 5)
+    for side in (-1, 1):  # a cleft running in from the lateral surface, forwards and medially
+        lateral = side * x / a
+        line = y - y0 + 22 * (0.85 - lateral)
+        sylvian |= (np.abs(line) < rng.uniform(1.0, 1.6)) & (lateral > 0.3) & (np.abs(z - z0) < 14) & (r < 0.85)
+    zc = rng.uniform(-32, -22)  # suprasellar cistern and the ring around the midbrain
+    suprasellar = ((y + 8) / 11) ** 2 + (x / 13) ** 2 + ((z - zc) / 4) ** 2 < 1.0
+    ring = np.sqrt((y - 12) ** 2 + x ** 2)
+    ambient = (ring > 9) & (ring < 12) & (np.abs(z - zc - 4) < 6)
+    return {"sulci": sulci, "sylvian": sylvian, "cisterns": suprasellar | ambient}
+
+
+def _haemorrhage(rng, coords, r, kind: str, csf: dict[str, np.ndarray]) -> np.ndarray:
     z, y, x = coords
     if kind == "intraparenchymal":
         while True:
@@ -101,9 +77,15 @@ def _haemorrhage(rng, coords, r, kind: str) -> np.ndarray:
     if kind == "subdural":  # crescent against the inner table
         thick = rng.uniform(0.025, 0.09)  # ~2-7 mm
         return sector & band & (r < 0.87) & (r >= 0.87 - thick)
-    # subarachnoid-like: patchy hyperdensity in the CSF rim and sulci
-    patches = _smooth_noise(rng, r.shape, 6.0) > rng.uniform(0.0, 0.25)
-    return sector & band & patches & (r < 0.87) & (r >= 0.80)
+    # subarachnoid: blood fills part of the CSF spaces, patchily; either around the base of the
+    # brain (cisterns and Sylvian fissures, the aneurysmal pattern) or over the convexity (the rim
+    # and the sulci of one region)
+    patches = smooth_noise(rng, r.shape, 6.0) > rng.uniform(-0.1, 0.2)
+    if rng.random() < 0.5:
+        spaces = csf["cisterns"] | (csf["sylvian"] & (rng.uniform(-1, 1) * x > -20))
+        return spaces & patches
+    rim = (r < 0.87) & (r >= 0.80)
+    return sector & band & (rim | csf["sulci"]) & patches
 
 
 def _arteries(coords, occlude: str | None, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +131,16 @@ def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thic
             kind: str | None = None) -> Phantom:
     """Non-contrast head CT; positive studies carry one haemorrhage (mask = the blood)."""
     thickness = thickness or float(rng.choice(THICKNESSES))
-    coords, spacing = _grid(rng, thickness, matrix)
-    hu, r, _ = _head(rng, coords)
+    coords, spacing = grid(rng, thickness, matrix)
+    hu, r, axes = _head(rng, coords)
+    csf = _csf_spaces(rng, coords, r, axes)
+    for space in csf.values():
+        hu[space] = 6.0
     mask = np.zeros(hu.shape, bool)
     kind = kind or (str(rng.choice(HAEMORRHAGE_KINDS)) if positive else "none")
     if positive:
         for _ in range(10):
-            mask = _haemorrhage(rng, coords, r, kind)
+            mask = _haemorrhage(rng, coords, r, kind, csf)
             if mask.sum() * np.prod(spacing) / 1000 >= 0.1:
                 break
         hu[mask] = rng.uniform(50, 90)
@@ -168,7 +153,7 @@ def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thic
 def head_cta(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None) -> Phantom:
     """Head CT angiography; positive studies have a proximal occlusion (mask = the unfilled segment)."""
     thickness = thickness or float(rng.choice(THICKNESSES[:3]))
-    coords, spacing = _grid(rng, thickness, matrix)
+    coords, spacing = grid(rng, thickness, matrix)
     hu, _, _ = _head(rng, coords)
     site = (str(rng.choice(["ICA-T", "M1"])) + "_" + str(rng.choice(["L", "R"]))) if positive else None
     vessels, occluded = _arteries(coords, site, rng)
@@ -178,3 +163,39 @@ def head_cta(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thi
     lesion_ml = float(occluded.sum() * np.prod(spacing) / 1000)
     return Phantom(hu=hu, spacing_zyx=spacing, mask=occluded, label=int(positive), finding="lvo",
                    kind=site or "none", contrast=True, description=f"CTA HEAD {thickness:g}mm", lesion_ml=lesion_ml)
+
+
+def head_ct_fracture(rng: np.random.Generator, positive: bool, *, matrix: int = 128,
+                     thickness: float | None = None) -> Phantom:
+    """Non-contrast head CT read in a bone window; positive studies have a linear skull fracture:
+    a gap of soft tissue through the full thickness of the vault, 20–90 mm long and 0.5–3 mm wide,
+    drawn at least a voxel wide (mask = the gap)."""
+    thickness = thickness or float(rng.choice(THICKNESSES))
+    coords, spacing = grid(rng, thickness, matrix)
+    hu, r, axes = _head(rng, coords)
+    mask = np.zeros(hu.shape, bool)
+    if positive:
+        z, y, x = coords
+        skull = (r < 0.955) & (r >= 0.87)
+        for _ in range(10):
+            # a point on the vault (the upper two thirds of the head), and a plane through it
+            d = rng.normal(size=3) * np.array([0.5, 1.0, 1.0])
+            d[0] = abs(d[0]) - 0.2
+            d /= np.linalg.norm(d)
+            centre = 0.91 * d * np.array([axes[2], axes[1], axes[0]])
+            normal = rng.normal(size=3)
+            normal /= np.linalg.norm(normal)
+            # a gap narrower than a voxel still darkens one voxel (partial volume): draw it a voxel wide
+            gap = max(float(rng.uniform(0.5, 3.0)), spacing[1])
+            plane = np.abs((z - centre[0]) * normal[0] + (y - centre[1]) * normal[1] + (x - centre[2]) * normal[2]) < gap / 2
+            half = rng.uniform(10, 45)  # half the fracture's length
+            near = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 < half ** 2
+            mask = skull & plane & near
+            if mask.sum() * np.prod(spacing) / 1000 >= 0.02:
+                break
+        hu[mask] = rng.uniform(20, 60)  # the gap fills with blood and soft tissue
+    hu += rng.normal(0, rng.uniform(3, 10), hu.shape).astype(np.float32)
+    lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
+    return Phantom(hu=hu, spacing_zyx=spacing, mask=mask, label=int(positive), finding="skull_fracture",
+                   kind="linear" if positive else "none", contrast=False,
+                   description=f"HEAD W/O CONTRAST BONE {thickness:g}mm", lesion_ml=lesion_ml)

@@ -1,7 +1,7 @@
 """Write phantoms in the one dataset layout the training pipeline reads:
 
     <dataset>/labels.csv                      study_id,label,finding,kind,mask,lesion_ml,slice_thickness_mm
-    <dataset>/studies/<study_id>/NNNN.dcm     one CT series per study (or <study_id>.nii.gz)
+    <dataset>/studies/<study_id>/NNNN.dcm     one CT series, or one DX image, per study (or <study_id>.nii.gz)
     <dataset>/masks/<study_id>.nii.gz         lesion mask on the study's grid (optional per study)
 
 A hospital's own labelled data goes into the same layout; nothing else changes.
@@ -14,69 +14,114 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from pipelines.synth.head import Phantom
+from pipelines.synth.common import Phantom
 
 LABEL_FIELDS = ("study_id", "label", "finding", "kind", "mask", "lesion_ml", "slice_thickness_mm")
 
 
+def _header(ph: Phantom, study_id: str, root: str, sop_class: str, index: int) -> Dataset:
+    """What every image of a phantom study carries: UIDs, patient, study, series and equipment."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[root, "sop", str(index)])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"] if ph.modality == "CT" else ["ORIGINAL", "PRIMARY"]
+    ds.SOPClassUID = sop_class
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = ""
+    ds.Modality = ph.modality
+    ds.Manufacturer = "triage synthetic phantom"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "SYNTHETIC PHANTOM"
+    ds.SeriesDescription = ph.description
+    ds.PatientName = f"Phantom^{study_id}"
+    ds.PatientID = f"PH-{study_id}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = ph.body_part
+    ds.KVP = 120
+    if ph.contrast:
+        ds.ContrastBolusAgent = "IODINE"
+        ds.ContrastBolusRoute = "IV"
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[root, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[root, "series"])
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = index + 1
+    ds.AcquisitionNumber = 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    return ds
+
+
 def write_dicom_series(ph: Phantom, folder: Path, study_id: str, seed: int) -> None:
-    """One axial CT series: UIDs, geometry, rescale, modality, body part, description, contrast."""
+    """One axial CT series (UIDs, geometry, rescale, modality, body part, description, contrast),
+    or for a radiograph (``ph.modality == "DX"``) one DX image."""
     folder.mkdir(parents=True, exist_ok=True)
     root = f"{seed}-{study_id}"
-    study, series, frame = (generate_uid(entropy_srcs=[root, k]) for k in ("study", "series", "frame"))
+    if ph.modality == "DX":
+        _write_radiograph(ph, folder, study_id, root)
+        return
+    frame = generate_uid(entropy_srcs=[root, "frame"])
     nz, ny, nx = ph.hu.shape
     dz, dy, dx = ph.spacing_zyx
     stored = np.clip(np.rint(ph.hu + 1024), 0, 4095).astype(np.uint16)
     for i in range(nz):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[root, "sop", str(i)])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-        ds.AccessionNumber = ""
-        ds.Modality = "CT"
-        ds.Manufacturer = "triage synthetic phantom"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "SYNTHETIC PHANTOM"
-        ds.SeriesDescription = ph.description
-        ds.PatientName = f"Phantom^{study_id}"
-        ds.PatientID = f"PH-{study_id}"
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.BodyPartExamined = "HEAD"
+        ds = _header(ph, study_id, root, CTImageStorage, i)
         ds.SliceThickness = dz
         ds.SpacingBetweenSlices = dz
-        ds.KVP = 120
         ds.PatientPosition = "HFS"
-        if ph.contrast:
-            ds.ContrastBolusAgent = "IODINE"
-            ds.ContrastBolusRoute = "IV"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.StudyID = "1"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = i + 1
-        ds.AcquisitionNumber = 1
+        ds.FrameOfReferenceUID = frame
         ds.ImagePositionPatient = [round(v, 4) for v in (-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, (i - (nz - 1) / 2) * dz)]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PositionReferenceIndicator = ""
         ds.SliceLocation = ds.ImagePositionPatient[2]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = ny, nx
         ds.PixelSpacing = [dy, dx]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
         ds.WindowCenter, ds.WindowWidth = (300, 600) if ph.contrast else (40, 80)
         ds.PixelData = stored[i].tobytes()
         ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _write_radiograph(ph: Phantom, folder: Path, study_id: str, root: str) -> None:
+    """A DX image for presentation: PA chest, stored values as they are (log attenuation)."""
+    _, ny, nx = ph.hu.shape
+    _, dy, dx = ph.spacing_zyx
+    ds = _header(ph, study_id, root, DigitalXRayImageStorageForPresentation, 0)
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ViewPosition = "PA"
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageLaterality = "U"
+    ds.DetectorType = "DIRECT"
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.PositionerType = "NONE"
+    ds.AcquisitionContextSequence = []
+    ds.AnatomicRegionSequence = [_code("51185008", "SCT", "Chest")]
+    ds.ViewCodeSequence = [_code("399348003", "SCT", "postero-anterior")]
+    ds.Rows, ds.Columns = ny, nx
+    ds.ImagerPixelSpacing = ds.PixelSpacing = [dy, dx]
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = np.clip(np.rint(ph.hu[0]), 0, 4095).astype(np.uint16).tobytes()
+    ds.save_as(folder / "0000.dcm", enforce_file_format=True)
 
 
 def write_mask(ph: Phantom, path: Path) -> None:
@@ -104,5 +149,5 @@ def write_study(ph: Phantom, dataset: Path, study_id: str, seed: int) -> dict:
         mask_rel = f"masks/{study_id}.nii.gz"
         write_mask(ph, dataset / mask_rel)
     row = {"study_id": study_id, "label": ph.label, "finding": ph.finding, "kind": ph.kind, "mask": mask_rel,
-           "lesion_ml": f"{ph.lesion_ml:.3f}", "slice_thickness_mm": f"{ph.spacing_zyx[0]:g}"}
+           "lesion_ml": f"{ph.lesion_ml:.3f}", "slice_thickness_mm": "" if ph.modality == "DX" else f"{ph.spacing_zyx[0]:g}"}
     return row

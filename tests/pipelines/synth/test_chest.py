@@ -1,0 +1,86 @@
+"""pipelines/synth: chest CT phantoms (one anatomy, four findings) and the radiograph projected
+from it are valid DICOM, route by their tags, and show each finding where its mask says."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipelines.synth.chest import FINDINGS, chest_ct
+from pipelines.synth.generate import generate
+from pipelines.synth.radiograph import chest_radiograph
+from tests.helpers import dciodvfy_errors
+from triage.dicom import decode_series, scan_study
+
+CT_KINDS = {"chest_ct_pneumothorax": False, "chest_ct_pericardial_effusion": False, "ctpa_pe": True,
+            "cta_aortic_dissection": True}
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chest")
+    rows = {kind: generate(kind, 2, 41, root / kind, positive_fraction=1.0, matrix=96, progress=False, workers=1)
+            for kind in CT_KINDS}
+    rows["chest_radiograph_pneumothorax"] = generate("chest_radiograph_pneumothorax", 2, 42, root / "cxr",
+                                                     positive_fraction=0.5, matrix=128, progress=False, workers=1)
+    return root, rows
+
+
+@pytest.mark.parametrize("kind", sorted(CT_KINDS))
+def test_chest_ct_decodes_as_a_chest_series_with_its_contrast_and_mask(datasets, kind):
+    root, rows = datasets
+    for row in rows[kind]:
+        (series,) = scan_study(root / kind / "studies" / row["study_id"])
+        assert series.modality == "CT" and series.body_part == "CHEST"
+        assert series.contrast == CT_KINDS[kind]
+        vol = decode_series(series)
+        assert vol.spacing_zyx[0] == pytest.approx(float(row["slice_thickness_mm"]))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(root / kind / row["mask"]))).astype(bool)
+        assert mask.shape == vol.shape and mask.any() and float(row["lesion_ml"]) > 0
+
+
+def test_dciodvfy_finds_no_errors_in_chest_ct_and_dx(datasets):
+    root, _ = datasets
+    for folder in ("ctpa_pe", "cxr"):
+        study = sorted((root / folder / "studies").iterdir())[0]
+        assert dciodvfy_errors(sorted(study.glob("*.dcm"))[0]) == []
+
+
+def test_the_radiograph_is_one_2d_dx_image_of_the_chest(datasets):
+    root, rows = datasets
+    for row in rows["chest_radiograph_pneumothorax"]:
+        (series,) = scan_study(root / "cxr" / "studies" / row["study_id"])
+        assert series.modality == "DX" and series.body_part == "CHEST" and not series.contrast
+        vol = decode_series(series)
+        assert vol.array.shape[0] == 1 and vol.array.shape[2] == 128
+        assert row["slice_thickness_mm"] == ""
+
+
+def test_each_finding_has_the_values_the_issue_names():
+    values = {}
+    for finding in FINDINGS:
+        ph = chest_ct(np.random.default_rng([43, FINDINGS.index(finding)]), True, finding=finding, matrix=96,
+                      thickness=2.5)
+        values[finding] = float(np.median(ph.hu[ph.mask]))
+    assert values["pneumothorax"] < -900  # air, no lung markings
+    assert 0 < values["pe"] < 90  # 20-60 HU clot in a ~250-400 HU artery, plus noise
+    assert 0 < values["aortic_dissection"] < 350  # flap and the less-opacified false lumen
+    assert -20 < values["pericardial_effusion"] < 40  # 0-20 HU fluid
+
+
+def test_arteries_are_opacified_on_angiography_only():
+    cta = chest_ct(np.random.default_rng(44), False, finding="pe", matrix=96, thickness=2.5)
+    plain = chest_ct(np.random.default_rng(44), False, finding="pneumothorax", matrix=96, thickness=2.5)
+    assert np.quantile(cta.hu, 0.995) > 200 > np.quantile(plain.hu[plain.hu < 200], 0.995)
+
+
+def test_a_pneumothorax_darkens_the_radiograph_where_its_mask_is():
+    # the same anatomy with and without the pleural air (the seed decides the anatomy)
+    with_air = chest_radiograph(np.random.default_rng(45), True)
+    without = chest_radiograph(np.random.default_rng(45), False)
+    region = with_air.mask[0]
+    assert region.sum() > 50
+    # a small pneumothorax (this one is ~30 mL) is subtle: tens of grey levels over the region,
+    # against a noise of ~1-2 on such a mean; the rest of the film is unchanged
+    assert with_air.hu[0][region].mean() < without.hu[0][region].mean() - 10
+    assert abs(with_air.hu[0][~region].mean() - without.hu[0][~region].mean()) < 5
