@@ -54,22 +54,36 @@ def load_study(dataset: Path, row: dict, spec: InputSpec) -> Item:
                 float(row.get("slice_thickness_mm") or 0), array.shape[0], row.get("kind") or "")
 
 
-def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True) -> list[Item]:
-    """All studies, preprocessed; cached beside the dataset per input spec."""
+def _load_and_cache(dataset: Path, spec: InputSpec, cache: Path, row: dict) -> Item:
+    path = cache / f"{row['study_id']}.npz"
+    if path.exists():
+        z = np.load(path)
+        return Item(row["study_id"], int(row["label"]), z["image"], z["mask"], float(row.get("lesion_ml") or 0),
+                    float(row.get("slice_thickness_mm") or 0), int(z["source_slices"]), row.get("kind") or "")
+    item = load_study(dataset, row, spec)
+    np.savez_compressed(path, image=item.image, mask=item.mask, source_slices=item.source_slices)
+    return item
+
+
+def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True, workers: int | None = None) -> list[Item]:
+    """All studies, preprocessed (in a process pool the first time); cached beside the dataset
+    per input spec."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    from multiprocessing import get_context
+
     from tqdm import tqdm
 
     key = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
     cache = dataset / ".cache" / key
     cache.mkdir(parents=True, exist_ok=True)
-    items = []
-    for row in tqdm(read_labels(dataset), desc=f"loading {dataset.name}", unit="study", disable=not progress):
-        path = cache / f"{row['study_id']}.npz"
-        if path.exists():
-            z = np.load(path)
-            items.append(Item(row["study_id"], int(row["label"]), z["image"], z["mask"], float(row.get("lesion_ml") or 0),
-                              float(row.get("slice_thickness_mm") or 0), int(z["source_slices"]), row.get("kind") or ""))
-            continue
-        item = load_study(dataset, row, spec)
-        np.savez_compressed(path, image=item.image, mask=item.mask, source_slices=item.source_slices)
-        items.append(item)
-    return items
+    rows = read_labels(dataset)
+    job = partial(_load_and_cache, dataset, spec, cache)
+    todo = sum(not (cache / f"{r['study_id']}.npz").exists() for r in rows)
+    workers = workers or min(os.cpu_count() or 1, max(1, todo // 8))
+    bar = partial(tqdm, total=len(rows), desc=f"loading {dataset.name}", unit="study", disable=not progress)
+    if workers == 1:
+        return list(bar(map(job, rows)))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(bar(pool.map(job, rows, chunksize=4)))

@@ -23,9 +23,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     thresholds = np.r_[np.inf, np.sort(np.unique(scores))[::-1]]
-    tpr = np.array([(scores[labels == 1] >= t).mean() for t in thresholds])
-    fpr = np.array([(scores[labels == 0] >= t).mean() for t in thresholds])
-    return fpr, tpr
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:  # one class only: no curve
+        return np.full(len(thresholds), np.nan), np.full(len(thresholds), np.nan)
+    return np.array([(neg >= t).mean() for t in thresholds]), np.array([(pos >= t).mean() for t in thresholds])
 
 
 def fit_platt(labels: np.ndarray, scores: np.ndarray, steps: int = 50) -> tuple[float, float]:
@@ -115,7 +116,7 @@ def evaluate(test_items, test_scores, val_items, val_scores, operating_points: d
     for lo, hi in ((0, 1), (1, 5), (5, 20), (20, 1e9)):
         key = f"{lo:g}-{hi:g} mL" if hi < 1e9 else f">={lo:g} mL"
         by_size[key] = _sensitivity(test_items, test_scores, default, lambda it: lo <= it.lesion_ml < hi)
-    for t in sorted({it.slice_thickness_mm for it in test_items}):
+    for t in sorted({it.slice_thickness_mm for it in test_items if it.slice_thickness_mm > 0}):  # none on a radiograph
         by_thickness[f"{t:g} mm"] = _sensitivity(test_items, test_scores, default, lambda it: it.slice_thickness_mm == t)
     for k in sorted({it.kind for it in test_items if it.label == 1}):
         by_kind[k or "unspecified"] = _sensitivity(test_items, test_scores, default, lambda it: it.kind == k)

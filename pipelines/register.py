@@ -99,7 +99,7 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
     op = result["operating_points"]["default"]
     (folder / "card.md").write_text(CARD.format(
         label=finding["label"], label_lower=finding["label"].lower(), name=name, version=cfg["version"],
-        modality_text="head CT angiography" if cfg["applies_to"].get("contrast") else "non-contrast head CT",
+        modality_text=cfg["reads"],
         phantom=cfg["phantom"], seed_train=cfg["data"]["train"]["seed"], seed_val=cfg["data"]["val"]["seed"],
         seed_test=cfg["data"]["test"]["seed"], auc=result["auc"], n_test=result["n_test"], n_pos=result["n_positive"],
         sens=op["sensitivity"], sens_lo=op["sensitivity_ci95"][0], sens_hi=op["sensitivity_ci95"][1],

@@ -192,7 +192,7 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, matrix: 
     if finding not in FINDINGS:
         raise ValueError(f"unknown chest finding {finding!r}; one of {', '.join(FINDINGS)}")
     contrast = CONTRAST[finding]
-    thickness = thickness or float(rng.choice(THICKNESSES))
+    thickness = thickness or float(rng.choice(THICKNESSES[:3] if contrast else THICKNESSES))  # angiography is thin
     coords, spacing = grid(rng, thickness, matrix, fov_mm=400.0, coverage_mm=(220.0, 300.0),
                            tilt_deg=(5.0, 5.0), shift_mm=15.0)
     chest = Chest(rng, coords)

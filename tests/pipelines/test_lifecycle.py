@@ -22,11 +22,23 @@ from triage.preprocess import preprocess  # noqa: E402
 from triage.settings import Settings  # noqa: E402
 
 
+def tiny_run(factory, name: str):
+    """The whole lifecycle for ``name`` on a few tiny phantoms: (work folder, models folder, result)."""
+    work, models = factory.mktemp(f"work-{name}"), factory.mktemp(f"models-{name}")
+    return work, models, run(name, work, models, small=True, progress=False)
+
+
+def score_a_test_study(work, models):
+    """The runtime's event for the first held-out study of a tiny run."""
+    study = work / "data" / "test" / "studies" / read_labels(work / "data" / "test")[0]["study_id"]
+    pipeline = Pipeline.from_settings(Settings(models_dir=models))
+    return pipeline.process(parse_study_event({"schema": STUDY_SCHEMA, "study_instance_uid": "1.2.3.4",
+                                               "source": {"uri": study.as_uri()}, "received_at": now_iso()})).event
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    work, models = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("models")
-    result = run("ich", work, models, small=True, progress=False)
-    return work, models, result
+    return tiny_run(tmp_path_factory, "ich")
 
 
 def test_tiny_run_registers_a_verified_model_with_card_and_evaluation(tiny):
@@ -46,13 +58,21 @@ def test_tiny_run_registers_a_verified_model_with_card_and_evaluation(tiny):
 
 def test_runtime_loads_and_runs_the_registered_model(tiny):
     work, models, _ = tiny
-    study = work / "data" / "test" / "studies" / read_labels(work / "data" / "test")[0]["study_id"]
-    pipeline = Pipeline.from_settings(Settings(models_dir=models))
-    event = pipeline.process(parse_study_event({"schema": STUDY_SCHEMA, "study_instance_uid": "1.2.3.4",
-                                                "source": {"uri": study.as_uri()}, "received_at": now_iso()})).event
+    event = score_a_test_study(work, models)
     assert event.status.value == "scored", event.error
     (finding,) = event.findings
     assert finding.code == "ich" and finding.model.name == "ich" and finding.key_slice is not None
+
+
+def test_a_radiograph_model_trains_in_2d_and_scores_a_dx_study(tmp_path_factory):
+    work, models, result = tiny_run(tmp_path_factory, "pneumothorax_cxr")
+    m = load_manifest(models / "pneumothorax_cxr")
+    assert m.input.shape == (1, 32, 32) and result["parity_max_abs_diff"] <= 1e-4
+    event = score_a_test_study(work, models)
+    assert event.status.value == "scored", event.error
+    (finding,) = event.findings  # the DX series went to the radiograph model and nothing else
+    assert finding.model.name == "pneumothorax_cxr" and finding.code == "pneumothorax"
+    assert finding.key_slice == 0
 
 
 def test_training_and_serving_preprocessing_give_identical_tensors(tiny):
