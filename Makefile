@@ -51,7 +51,8 @@ bench: install-test
 bench-quick: install-test
 	$(PY) -m benchmarks.run --quick
 
-# Model lifecycle: regenerate phantoms, train, evaluate, export, check parity, register (MODEL=ich|lvo)
+# Model lifecycle: regenerate phantoms, train, evaluate, export, check parity, register
+# (MODEL= one of pipelines/configs/*.yaml: ich, lvo, and the trauma/cardiac configs)
 MODEL ?= ich
 train: install-test
 	$(PY) -m pipelines.make $(MODEL)

@@ -24,13 +24,20 @@ CONTRAST = {"pneumothorax": False, "pe": True, "aortic_dissection": True, "peric
 
 
 def _tube(coords, p0, p1, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels within ``radius`` of the segment p0→p1 (z, y, x in mm), and the position along it."""
+    """Voxels within ``radius`` of the segment p0→p1 (z, y, x in mm), and the position along it
+    (0 outside the segment's bounding box)."""
     z, y, x = coords
     p0, p1 = np.asarray(p0, np.float32), np.asarray(p1, np.float32)
+    lo, hi = np.minimum(p0, p1) - radius, np.maximum(p0, p1) + radius
+    # only the voxels in the segment's bounding box can be in the tube: measure those alone
+    idx = np.nonzero((z >= lo[0]) & (z <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (x >= lo[2]) & (x <= hi[2]))
+    zs, ys, xs = z[idx], y[idx], x[idx]
     d = p1 - p0
-    t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / float(d @ d), 0, 1)
-    dist2 = (z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2
-    return dist2 < radius ** 2, t
+    t = np.clip(((zs - p0[0]) * d[0] + (ys - p0[1]) * d[1] + (xs - p0[2]) * d[2]) / float(d @ d), 0, 1)
+    dist2 = (zs - p0[0] - t * d[0]) ** 2 + (ys - p0[1] - t * d[1]) ** 2 + (xs - p0[2] - t * d[2]) ** 2
+    inside, along = np.zeros(z.shape, bool), np.zeros(z.shape, np.float32)
+    inside[idx], along[idx] = dist2 < radius ** 2, t
+    return inside, along
 
 
 class Chest:
