@@ -51,8 +51,9 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     to use instead of generating phantoms."""
     started = time.perf_counter()
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    if small:  # a radiograph model stays 2-D
-        cfg = load_config(CONFIGS / f"{name}.yaml", {**SMALL, "input.shape": [1, 32, 32]} if cfg["input"]["shape"][0] == 1 else SMALL)
+    if small:
+        planar = cfg["input"]["shape"][0] == 1  # a radiograph model stays 2-D
+        cfg = load_config(CONFIGS / f"{name}.yaml", {**SMALL, "input.shape": [1, 32, 32]} if planar else SMALL)
     own_data = data is not None
     data = data or work / "data"
     for split in ("train", "val", "test"):

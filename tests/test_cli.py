@@ -11,7 +11,6 @@ import pytest
 from tests.helpers import ROOT, make_model_dir, ref, rules_file, write_series
 
 
-
 def triage(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "triage.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=240)

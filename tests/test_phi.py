@@ -5,13 +5,11 @@ import re
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 import pydicom
 
 from tests.helpers import ROOT, ref
 from triage.demo import SAMPLES
-
 
 
 def _phi_values() -> set[str]:

@@ -17,7 +17,8 @@ from pipelines.synth.generate import KINDS, generate
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.synth", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", choices=sorted(KINDS), required=True, help="what to generate; positives carry the finding the name ends with "
+    p.add_argument("--kind", choices=sorted(KINDS), required=True,
+                   help="what to generate; positives carry the finding the name ends with "
                    "(head_ct: haemorrhage, head_cta: occlusion)")
     p.add_argument("--n", type=int, default=100, help="number of studies (default 100)")
     p.add_argument("--seed", type=int, required=True, help="random seed; use different seeds per split")

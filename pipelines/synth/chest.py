@@ -21,6 +21,8 @@ from pipelines.synth.common import Phantom, grid, smooth_noise
 THICKNESSES = (0.625, 1.25, 2.5, 5.0)
 FINDINGS = ("pneumothorax", "pe", "aortic_dissection", "pericardial_effusion")
 CONTRAST = {"pneumothorax": False, "pe": True, "aortic_dissection": True, "pericardial_effusion": False}
+DESCRIPTION = {"pneumothorax": "CT CHEST W/O CONTRAST", "pe": "CTA CHEST PE PROTOCOL",
+               "aortic_dissection": "CTA CHEST AORTA", "pericardial_effusion": "CT CHEST W/O CONTRAST"}
 
 
 def _tube(coords, p0, p1, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -103,9 +105,9 @@ class Chest:
         self.pa = np.zeros(z.shape, bool)
         for _, p0, p1, radius in self.pa_segments:
             self.pa |= _tube(coords, p0, p1, radius)[0]
+        self.lung = self.lungs["R"] | self.lungs["L"]
         self.markings = self.pa.copy()  # lung vessel markings: the arteries plus finer peripheral ones
-        lung_any = self.lungs["R"] | self.lungs["L"]
-        self.markings |= lung_any & (np.abs(smooth_noise(rng, z.shape, 5.0)) < 0.02)
+        self.markings |= self.lung & (np.abs(smooth_noise(rng, z.shape, 5.0)) < 0.02)
 
     def hu(self, rng: np.random.Generator, contrast: bool) -> np.ndarray:
         z = self.coords[0]
@@ -116,18 +118,17 @@ class Chest:
         out[self.ribs | self.sternum] = rng.uniform(400, 900)
         out[self.spine] = rng.uniform(250, 450)
         out[self.canal] = 20.0
-        lung = self.lungs["R"] | self.lungs["L"]
-        out[lung] = -850.0 + 40 * smooth_noise(rng, z.shape, 3.0)[lung]
+        out[self.lung] = -850.0 + 40 * smooth_noise(rng, z.shape, 3.0)[self.lung]
         blood = rng.uniform(250, 400) if contrast else 40.0
         out[self.heart] = 40.0  # myocardium
         out[self.chambers] = blood
         out[self.aorta] = blood
         out[self.pa] = blood * rng.uniform(0.85, 1.05) if contrast else 40.0
-        out[self.markings & lung & ~self.pa] = rng.uniform(-100, 0)
+        out[self.markings & self.lung & ~self.pa] = rng.uniform(-100, 0)
         return out
 
 
-def _pneumothorax(rng, chest: Chest) -> tuple[np.ndarray, str]:
+def pleural_air(rng, chest: Chest) -> tuple[np.ndarray, str]:
     """Air between one lung and the chest wall: the lung shrinks towards the hilum, from the top
     and the front first (a supine patient's air rises)."""
     z, y, x = chest.coords
@@ -167,7 +168,7 @@ def _dissection(rng, chest: Chest) -> tuple[np.ndarray, np.ndarray, str]:
     flap = np.zeros(z.shape, bool)
     false_lumen = np.zeros(z.shape, bool)
     angle = rng.uniform(0, np.pi)
-    for k, (p0, p1) in enumerate(segments[: max(1, int(round(len(segments) * extent)))]):
+    for p0, p1 in segments[: max(1, int(round(len(segments) * extent)))]:
         tube, t = _tube(chest.coords, p0, p1, chest.aorta_radius)
         p0, p1 = np.array(p0), np.array(p1)
         centre = [p0[i] + t * (p1[i] - p0[i]) for i in range(3)]
@@ -208,7 +209,7 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, matrix: 
     kind = "none"
     if positive:
         if finding == "pneumothorax":
-            mask, kind = _pneumothorax(rng, chest)
+            mask, kind = pleural_air(rng, chest)
             hu[mask] = -1000.0  # no lung markings in the pleural air
         elif finding == "pe":
             for _ in range(10):  # a segmental clot can fall between the voxels of a coarse grid
@@ -229,7 +230,6 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, matrix: 
             kind = "pericardial_effusion"
     hu += rng.normal(0, rng.uniform(6, 18), hu.shape).astype(np.float32)
     lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
-    description = {"pe": "CTA CHEST PE PROTOCOL", "aortic_dissection": "CTA CHEST AORTA"}.get(finding, "CT CHEST W/O CONTRAST")
     return Phantom(hu=hu, spacing_zyx=spacing, mask=mask, label=int(positive), finding=finding, kind=kind,
-                   contrast=contrast, description=f"{description} {thickness:g}mm", lesion_ml=lesion_ml,
+                   contrast=contrast, description=f"{DESCRIPTION[finding]} {thickness:g}mm", lesion_ml=lesion_ml,
                    body_part="CHEST")

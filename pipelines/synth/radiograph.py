@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.synth.chest import Chest, _pneumothorax
+from pipelines.synth.chest import Chest, pleural_air
 from pipelines.synth.common import Phantom, grid
 from triage.preprocess import resample
 
@@ -30,7 +30,7 @@ def chest_radiograph(rng: np.random.Generator, positive: bool, *, finding: str =
     air = np.zeros(hu.shape, bool)
     kind = "none"
     if positive:
-        air, kind = _pneumothorax(rng, chest)
+        air, kind = pleural_air(rng, chest)
         hu[air] = -1000.0
     mu = MU_WATER * np.clip(1.0 + hu / 1000.0, 0.0, None)
     path = mu.sum(axis=1) * spacing[1]  # along y (antero-posterior): [z, x]
