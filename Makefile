@@ -26,13 +26,14 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# The demo scores real DICOM from pydicom's packages plus phantom head CTs and CTAs
-# (with and without haemorrhage / occlusion), generated here with fixed seeds.
+# The demo scores real DICOM from pydicom's packages plus phantom head CTs, head CTAs and chest
+# CTs (with and without haemorrhage / occlusion / pneumothorax), generated here with fixed seeds.
 DEMO_PHANTOMS := demo-out/phantoms
+DEMO_KINDS := head_ct:4:9001 head_cta:4:9002 chest_ct_pneumothorax:2:9007
 demo: install
-	$(PY) -m pipelines.synth --kind head_ct --n 4 --seed 9001 --out $(DEMO_PHANTOMS)/head_ct
-	$(PY) -m pipelines.synth --kind head_cta --n 4 --seed 9002 --out $(DEMO_PHANTOMS)/head_cta
-	$(VENV)/bin/triage demo --out demo-out --studies $(DEMO_PHANTOMS)/head_ct/studies --studies $(DEMO_PHANTOMS)/head_cta/studies
+	@for k in $(DEMO_KINDS); do set -- $$(echo $$k | tr : ' '); \
+	  $(PY) -m pipelines.synth --kind $$1 --n $$2 --seed $$3 --out $(DEMO_PHANTOMS)/$$1 || exit 1; done
+	$(VENV)/bin/triage demo --out demo-out $(foreach k,$(DEMO_KINDS),--studies $(DEMO_PHANTOMS)/$(firstword $(subst :, ,$(k)))/studies)
 
 test: install-test
 	$(PY) -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

@@ -49,7 +49,7 @@ def load_study(dataset: Path, row: dict, spec: InputSpec) -> Item:
     mask = np.zeros_like(image)
     if row.get("mask"):
         m = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / row["mask"]))).astype(np.float32)
-        mask = (resample(m, spacing, spec.shape) > 0.25).astype(np.float32)[np.newaxis]
+        mask = (resample(m, spacing, spec.shape, spec.antialias) > 0.25).astype(np.float32)[np.newaxis]
     return Item(row["study_id"], int(row["label"]), image, mask, float(row.get("lesion_ml") or 0),
                 float(row.get("slice_thickness_mm") or 0), array.shape[0], row.get("kind") or "")
 

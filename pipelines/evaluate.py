@@ -105,15 +105,19 @@ def check_targets(result: dict, targets: dict | None, items, scores) -> list[dic
             for name, need, got in checks if need is not None]
 
 
+SIZE_BINS_ML = (0, 1, 5, 20)  # bleed volumes; a config sets its own with ``size_bins_ml``
+
+
 def evaluate(test_items, test_scores, val_items, val_scores, operating_points: dict, out: Path,
-             targets: dict | None = None) -> dict:
+             targets: dict | None = None, size_bins_ml=SIZE_BINS_ML) -> dict:
     y = np.array([it.label for it in test_items])
     yv = np.array([it.label for it in val_items])
     ops = {name: confusion(y, test_scores, threshold_for(rule, yv, val_scores))
            for name, rule in operating_points.items()}
     default = ops["default"]["threshold"]
     by_size, by_thickness, by_kind = {}, {}, {}
-    for lo, hi in ((0, 1), (1, 5), (5, 20), (20, 1e9)):
+    edges = [float(e) for e in size_bins_ml]
+    for lo, hi in zip(edges, [*edges[1:], 1e9]):
         key = f"{lo:g}-{hi:g} mL" if hi < 1e9 else f">={lo:g} mL"
         by_size[key] = _sensitivity(test_items, test_scores, default, lambda it: lo <= it.lesion_ml < hi)
     for t in sorted({it.slice_thickness_mm for it in test_items if it.slice_thickness_mm > 0}):  # none on a radiograph
@@ -160,6 +164,8 @@ def report(r: dict) -> str:
         lines += ["", "Targets:", "", *targets_table(r["targets"])]
     for title, key in (("lesion size", "sensitivity_by_lesion_size"), ("slice thickness", "sensitivity_by_slice_thickness"),
                        ("finding type", "sensitivity_by_kind")):
+        if not r.get(key):  # e.g. no slice thickness on a radiograph
+            continue
         lines += ["", f"Sensitivity at the default operating point by {title}:", "", "| group | n | sensitivity |", "|---|---|---|"]
         for group, v in r.get(key, {}).items():
             sens = "-" if v["sensitivity"] is None else f"{v['sensitivity']:.3f}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.evaluate import evaluate, fit_platt
+from pipelines.evaluate import SIZE_BINS_ML, evaluate, fit_platt
 from pipelines.export import export_onnx, parity
 from pipelines.register import register
 from pipelines.synth.generate import generate
@@ -79,7 +79,7 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     a, b = fit_platt(np.array([it.label for it in val_items]), val_raw)
     val_scores, test_scores = (np.array([platt(p, a, b) for p in raw]) for raw in (val_raw, test_raw))
     result = evaluate(test_items, test_scores, val_items, val_scores, cfg["operating_points"], work / "eval",
-                      cfg.get("targets"))
+                      cfg.get("targets"), cfg.get("size_bins_ml", SIZE_BINS_ML))
     result["platt"] = {"a": a, "b": b}
     onnx_path = work / "model.onnx"
     export_onnx(model, spec, onnx_path)

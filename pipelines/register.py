@@ -34,7 +34,7 @@ Full tables (by lesion size, slice thickness and finding type; calibration): `ev
 - Phantoms are geometric approximations of anatomy; real scans have artefacts, motion,
   post-operative changes, calcifications and mimics that the phantoms do not contain.
 - Performance on real studies is unknown.
-- Input: {shape} voxels after resampling the whole series; small lesions lose contrast.
+- Input: {shape} after resampling the whole {what}; small lesions lose contrast.
 {limits}
 ## Files
 `model.onnx` (served; sha256 in `manifest.yaml`) and `weights.pt` (the same network's torch
@@ -55,15 +55,25 @@ def _status_text(result: dict) -> str:
             "(table below). Work in progress: expect missed findings and false alarms even on phantoms.\n")
 
 
-def _limits_text(result: dict) -> str:
-    """Where the held-out sensitivity at the default operating point falls below 0.9, say so."""
+def _limits_text(cfg: dict, result: dict) -> str:
+    """The config's own ``limits`` (what its phantom leaves out), then where the held-out
+    sensitivity at the default operating point falls below 0.9."""
+    own = "".join(f"- {line}\n" for line in cfg.get("limits", []))
     weak = []
     for key, what in (("sensitivity_by_lesion_size", "lesions of"), ("sensitivity_by_slice_thickness", "slices of"),
                       ("sensitivity_by_kind", "")):
         for group, v in result.get(key, {}).items():
             if v["sensitivity"] is not None and v["sensitivity"] < 0.9:
                 weak.append(f"{what} {group}".strip() + f" ({v['sensitivity']:.2f}, n={v['n']})")
-    return f"- Lower sensitivity on the held-out phantoms for: {'; '.join(weak)}.\n" if weak else ""
+    return own + (f"- Lower sensitivity on the held-out phantoms for: {'; '.join(weak)}.\n" if weak else "")
+
+
+def _shape_text(shape) -> str:
+    return f"{shape[1]}x{shape[2]} pixels" if shape[0] == 1 else "x".join(str(v) for v in shape) + " voxels"
+
+
+def _what(shape) -> str:
+    return "image" if shape[0] == 1 else "series"
 
 
 def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, result: dict,
@@ -104,7 +114,8 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
         seed_test=cfg["data"]["test"]["seed"], auc=result["auc"], n_test=result["n_test"], n_pos=result["n_positive"],
         sens=op["sensitivity"], sens_lo=op["sensitivity_ci95"][0], sens_hi=op["sensitivity_ci95"][1],
         spec=op["specificity"], spec_lo=op["specificity_ci95"][0], spec_hi=op["specificity_ci95"][1],
-        status=_status_text(result), shape="x".join(str(v) for v in cfg["input"]["shape"]), targets=_targets_text(result),
-        limits=_limits_text(result)))
+        status=_status_text(result), shape=_shape_text(cfg["input"]["shape"]), what=_what(cfg["input"]["shape"]),
+        targets=_targets_text(result),
+        limits=_limits_text(cfg, result)))
     load_manifest(folder)  # what the runtime will do: validate and verify the hash
     return folder

@@ -32,6 +32,35 @@ def test_resample_preserves_a_gradient_along_z():
     assert out[0, 4, 4] == pytest.approx(0.5) and out[-1, 4, 4] == pytest.approx(6.5)
 
 
+def test_antialias_averages_thin_slices_as_a_thick_reformat_does():
+    # 0.625 mm slices of noise around 40 HU, shrunk to 32 x 32 x 32: each output voxel averages
+    # 10 x 2 x 2 input voxels, so the noise falls by ~sqrt(40); linear sampling keeps much more
+    rng = np.random.default_rng(0)
+    vol = rng.normal(40.0, 10.0, (320, 64, 64)).astype(np.float32)
+    averaged = resample(vol, (0.625, 1.0, 1.0), (32, 32, 32), antialias=True)
+    sampled = resample(vol, (0.625, 1.0, 1.0), (32, 32, 32))
+    assert averaged.shape == sampled.shape == (32, 32, 32)
+    assert averaged.mean() == pytest.approx(40.0, abs=0.05)
+    assert averaged.std() == pytest.approx(10.0 / np.sqrt(40), rel=0.1) and sampled.std() > 2 * averaged.std()
+
+
+def test_antialias_box_edges_split_a_voxel_between_neighbours():
+    z = np.arange(10, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+    out = resample(z, (1.0, 1.0, 1.0), (3, 2, 2), antialias=True)[:, 0, 0]
+    # boxes of 10/3 voxels: [0, 3.33) holds 0, 1, 2 and a third of 3
+    assert out == pytest.approx([(0 + 1 + 2 + 3 / 3) / (10 / 3), 4.5, 9 - (0 + 1 + 2 + 3 / 3) / (10 / 3)], abs=1e-5)
+    assert np.array_equal(resample(z, (1.0, 1.0, 1.0), (20, 2, 2), antialias=True),
+                          resample(z, (1.0, 1.0, 1.0), (20, 2, 2)))  # growing an axis stays linear
+
+
+def test_antialias_is_read_from_the_manifest_and_reaches_preprocess():
+    spec = InputSpec.from_dict({"shape": [2, 2, 2], "window": [0, 100], "antialias": True}, "m")
+    assert spec.antialias and not InputSpec.from_dict({"shape": [2, 2, 2], "window": [0, 100]}, "m").antialias
+    vol = np.zeros((4, 2, 2), np.float32)
+    vol[1] = 100.0  # one bright thin slice: averaged into the first output slice, not sampled past
+    assert preprocess(vol, (1, 1, 1), spec)[0, 0, :, 0, 0] == pytest.approx([0.5, 0.0])
+
+
 def test_zscore_normalisation():
     spec = InputSpec(shape=(1, 2, 2), window=(-1000.0, 1000.0), normalise="zscore")
     x = preprocess(np.array([[[0, 10], [20, 30]]], np.float32), (1, 1, 1), spec)
@@ -51,6 +80,7 @@ def test_key_slice_maps_back_to_the_source_volume():
     ({"shape": [1, 2, 2], "window": [10, 0]}, "must exceed lower"),
     ({"shape": [1, 2, 2], "window": {"center": 40, "width": 80}, "normalise": "minmax"}, "normalise must be"),
     ({"window": [0, 1]}, "needs shape"),
+    ({"shape": [1, 2, 2], "window": [0, 1], "antialias": "yes"}, "antialias must be true or false"),
 ])
 def test_invalid_input_specs(data, message):
     with pytest.raises(ManifestError, match=message):

@@ -56,6 +56,13 @@ def test_reasons_name_positive_findings_and_context():
     assert "patient class emergency" in p.reasons
 
 
+def test_several_positive_findings_each_give_a_reason_most_severe_first():
+    p = POLICY.score([f("eff", 0.9), f("ptx", 0.8), f("ich", 0.2)], SEV, None, None)
+    positive = [r for r in p.reasons if " positive (" in r]
+    assert [r.split()[0] for r in positive] == ["ptx", "eff"]  # high before moderate, whatever p; ich negative
+    assert p.level is Level.STAT  # two positives together outrank either alone (both are URGENT alone)
+
+
 def test_more_findings_never_lower_the_score():
     one = POLICY.score([f("ptx", 0.7)], SEV, None, None).score
     two = POLICY.score([f("ptx", 0.7), f("eff", 0.2)], SEV, None, None).score

@@ -20,6 +20,9 @@ class InputSpec:
     shape: tuple[int, int, int]
     window: tuple[float, float]  # lower, upper in HU (or stored values for X-ray)
     normalise: str = "window"  # "window": map [lower, upper] to [0, 1]; "zscore": (v-mean)/std in window
+    # Shrinking an axis averages the input voxels each output voxel covers, as a thick reformat
+    # does (thin slices' noise averages out); otherwise linear interpolation samples it.
+    antialias: bool = False
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "InputSpec":
@@ -35,6 +38,7 @@ class InputSpec:
             else:
                 lower, upper = (float(v) for v in window)
             normalise = str(data.get("normalise", "window"))
+            antialias = data.get("antialias", False)
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"input spec needs shape [z, y, x] and window ({exc})", path=where) from None
         if len(shape) != 3 or min(shape) < 1:
@@ -43,12 +47,22 @@ class InputSpec:
             raise ManifestError(f"window upper {upper} must exceed lower {lower}", path=where)
         if normalise not in ("window", "zscore"):
             raise ManifestError(f"normalise must be 'window' or 'zscore', not {normalise!r}", path=where)
-        return cls(shape=shape, window=(lower, upper), normalise=normalise)
+        if not isinstance(antialias, bool):
+            raise ManifestError(f"antialias must be true or false, not {antialias!r}", path=where)
+        return cls(shape=shape, window=(lower, upper), normalise=normalise, antialias=antialias)
 
 
 def resample(array: np.ndarray, spacing_zyx: tuple[float, float, float],
-             shape: tuple[int, int, int]) -> np.ndarray:
-    """Linearly resample ``array`` to ``shape``, keeping its physical extent."""
+             shape: tuple[int, int, int], antialias: bool = False) -> np.ndarray:
+    """Resample ``array`` to ``shape``, keeping its physical extent: linearly, or with
+    ``antialias`` by averaging along each axis that shrinks (then linearly along the others)."""
+    if antialias:
+        spacing = list(spacing_zyx)
+        for axis in range(3):
+            if array.shape[axis] > shape[axis]:
+                spacing[axis] *= array.shape[axis] / shape[axis]
+                array = _average(array, axis, shape[axis])
+        spacing_zyx = tuple(spacing)
     if tuple(array.shape) == tuple(shape):
         return np.asarray(array, dtype=np.float32)
     image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
@@ -64,10 +78,27 @@ def resample(array: np.ndarray, spacing_zyx: tuple[float, float, float],
     return sitk.GetArrayFromImage(resampled)
 
 
+def _average(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """Split ``axis`` into ``n_out`` equal boxes edge to edge; each output voxel is the mean of
+    the input it covers (a voxel cut by a box edge counts in part on both sides)."""
+    src = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)
+    n_in = src.shape[0]
+    width = n_in / n_out  # input voxels per box, > 1
+    out = np.zeros((n_out, *src.shape[1:]), np.float32)
+    for k in range(n_in):  # one slab at a time: each input voxel falls in at most two boxes
+        j = min(int(k / width), n_out - 1)
+        inside = min(1.0, (j + 1) * width - k)
+        out[j] += inside * src[k] if inside < 1.0 else src[k]
+        if inside < 1.0 and j + 1 < n_out:
+            out[j + 1] += (1.0 - inside) * src[k]
+    out /= width
+    return np.moveaxis(out, 0, axis)
+
+
 def preprocess(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec: InputSpec) -> np.ndarray:
     """Return the model input for one volume as float32 ``[1, 1, z, y, x]``."""
     lower, upper = spec.window
-    out = resample(array, spacing_zyx, spec.shape)
+    out = resample(array, spacing_zyx, spec.shape, spec.antialias)
     np.clip(out, lower, upper, out=out)
     if spec.normalise == "window":
         out -= lower

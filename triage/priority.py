@@ -92,11 +92,15 @@ class Policy:
         reasons: list[str] = []
         miss = 1.0
         floor = Level.ROUTINE
-        for f in sorted(findings, key=lambda f: -f.probability):
+        weighed = []
+        for f in findings:
             sev = self.severities.get(severities.get(f.code, ""))
             if sev is None:
                 raise ConfigError(f"policy has no severity {severities.get(f.code)!r} (finding {f.code})")
-            miss *= 1.0 - sev.weight / 100.0 * f.probability
+            weighed.append((sev.weight / 100.0 * f.probability, f, sev))
+        # reasons in order of what each finding adds: a critical finding before a moderate one
+        for share, f, sev in sorted(weighed, key=lambda t: -t[0]):
+            miss *= 1.0 - share
             if f.positive:
                 reasons.append(f"{f.code} positive (p={f.probability:.2f} ≥ {f.threshold:.2f}, {f.model.name})")
                 if sev.floor is not None and _LEVEL_RANK[sev.floor] > _LEVEL_RANK[floor]:

@@ -26,6 +26,8 @@ def test_config_is_complete(name):
     seeds = [cfg["data"][s]["seed"] for s in ("train", "val", "test")]
     assert len(set(seeds)) == 3  # disjoint splits
     assert {"auc", "sensitivity", "specificity"} <= set(cfg["targets"]) and cfg["reproduce"]
+    bins = cfg.get("size_bins_ml", [0, 1])  # finding size bins for the evaluation: ascending from 0
+    assert bins[0] == 0 and all(a < b for a, b in zip(bins, bins[1:]))
 
 
 def test_no_two_configs_share_a_seed():
