@@ -39,7 +39,7 @@ def test_antialias_averages_thin_slices_as_a_thick_reformat_does():
     vol = rng.normal(40.0, 10.0, (320, 64, 64)).astype(np.float32)
     averaged = resample(vol, (0.625, 1.0, 1.0), (32, 32, 32), antialias=True)
     sampled = resample(vol, (0.625, 1.0, 1.0), (32, 32, 32))
-    assert averaged.shape == sampled.shape == (32, 32, 32)
+    assert averaged.shape == sampled.shape == (32, 32, 32) and averaged.flags.c_contiguous
     assert averaged.mean() == pytest.approx(40.0, abs=0.05)
     assert averaged.std() == pytest.approx(10.0 / np.sqrt(40), rel=0.1) and sampled.std() > 2 * averaged.std()
 

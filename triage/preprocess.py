@@ -92,7 +92,7 @@ def _average(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
         if inside < 1.0 and j + 1 < n_out:
             out[j + 1] += (1.0 - inside) * src[k]
     out /= width
-    return np.moveaxis(out, 0, axis)
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis))  # contiguous, as ONNX Runtime wants
 
 
 def preprocess(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec: InputSpec) -> np.ndarray:
