@@ -34,7 +34,7 @@ Full tables (by lesion size, slice thickness and finding type; calibration): `ev
 - Phantoms are geometric approximations of anatomy; real scans have artefacts, motion,
   post-operative changes, calcifications and mimics that the phantoms do not contain.
 - Performance on real studies is unknown.
-- Input: {shape} after resampling the whole {what}; small lesions lose contrast.
+- Input: {input_text}; small lesions lose contrast.
 {limits}
 ## Files
 `model.onnx` (served; sha256 in `manifest.yaml`) and `weights.pt` (the same network's torch
@@ -68,12 +68,10 @@ def _limits_text(cfg: dict, result: dict) -> str:
     return own + (f"- Lower sensitivity on the held-out phantoms for: {'; '.join(weak)}.\n" if weak else "")
 
 
-def _shape_text(shape) -> str:
-    return f"{shape[1]}x{shape[2]} pixels" if shape[0] == 1 else "x".join(str(v) for v in shape) + " voxels"
-
-
-def _what(shape) -> str:
-    return "image" if shape[0] == 1 else "series"
+def _input_text(shape) -> str:
+    if shape[0] == 1:  # a radiograph
+        return f"{shape[1]}x{shape[2]} pixels after resampling the whole image"
+    return "x".join(str(v) for v in shape) + " voxels after resampling the whole series"
 
 
 def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, result: dict,
@@ -114,8 +112,7 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
         seed_test=cfg["data"]["test"]["seed"], auc=result["auc"], n_test=result["n_test"], n_pos=result["n_positive"],
         sens=op["sensitivity"], sens_lo=op["sensitivity_ci95"][0], sens_hi=op["sensitivity_ci95"][1],
         spec=op["specificity"], spec_lo=op["specificity_ci95"][0], spec_hi=op["specificity_ci95"][1],
-        status=_status_text(result), shape=_shape_text(cfg["input"]["shape"]), what=_what(cfg["input"]["shape"]),
-        targets=_targets_text(result),
-        limits=_limits_text(cfg, result)))
+        status=_status_text(result), input_text=_input_text(cfg["input"]["shape"]),
+        targets=_targets_text(result), limits=_limits_text(cfg, result)))
     load_manifest(folder)  # what the runtime will do: validate and verify the hash
     return folder
