@@ -10,7 +10,7 @@ Findings, one per positive study:
   apical-anterior rim to a large collapse;
 - ``pe``: filling defects (20–60 HU) in contrast-filled pulmonary arteries, central to segmental;
 - ``aortic_dissection``: an intimal flap splitting the aortic lumen into a true and a false lumen;
-- ``pericardial_effusion``: a fluid rim (0–20 HU) around the heart, small to large.
+- ``pericardial_effusion``: a fluid rim (0–20 HU) around the heart, 5 mm (small) to 25 mm (large).
 """
 from __future__ import annotations
 
@@ -185,9 +185,10 @@ def _dissection(rng, chest: Chest) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _effusion(rng, chest: Chest) -> np.ndarray:
-    """Fluid around the heart inside the pericardium, thicker behind (it is dependent)."""
+    """Fluid around the heart inside the pericardium, thicker behind (it is dependent). From 5 mm
+    (a small effusion; a thinner rim is the pericardium's normal fluid) to 25 mm (large)."""
     y = chest.coords[1]
-    thickness = float(np.exp(rng.uniform(np.log(3.0), np.log(25.0))))  # mm, small to large
+    thickness = float(np.exp(rng.uniform(np.log(5.0), np.log(25.0))))  # mm
     scale = thickness / float(chest.heart_axes.mean())
     dependent = 1.0 + 0.5 * np.clip(y / chest.B, 0, 1)
     return (chest.heart_r >= 1.0) & (chest.heart_r < 1.0 + scale * dependent)
