@@ -59,20 +59,33 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
-    """``specificity_0.95``: lowest threshold keeping that specificity; ``sensitivity_0.98`` likewise."""
+    """The threshold for a named operating point on validation scores. ``specificity_0.95``: keep that
+    specificity and catch as many positives as it allows; ``sensitivity_0.98``: keep that sensitivity
+    with as few false alarms as it allows. Of the thresholds that give the same counts, take the middle
+    of the gap between the nearest negative and positive, so that when the classes separate both
+    points sit between them (not on a score) and "high sensitivity" never catches less than "default"."""
     kind, _, value = rule.partition("_")
     target = float(value)
-    if kind == "specificity":
-        neg = np.sort(scores[labels == 0])
-        if len(neg) == 0:
-            return 0.5
-        idx = min(len(neg) - 1, int(math.ceil(target * len(neg))) - 1)
-        return float(min(1.0, np.nextafter(neg[idx], 2.0)))
-    pos = np.sort(scores[labels == 1])[::-1]
-    if len(pos) == 0:
+    neg, pos = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
+    if len(neg) == 0 or len(pos) == 0:
         return 0.5
-    idx = min(len(pos) - 1, int(math.ceil(target * len(pos))) - 1)
-    return float(pos[idx])
+    if kind == "specificity":
+        idx = min(len(neg) - 1, int(math.ceil(target * len(neg))) - 1)
+        lowest = np.nextafter(neg[idx], 2.0)  # the lowest threshold keeping the specificity
+        above = pos[pos >= lowest]
+        if len(above) == 0:
+            return float(min(1.0, lowest))
+        upper = above[0]  # raising the threshold up to here loses no positive
+        lower = neg[neg < upper][-1]
+    else:
+        idx = min(len(pos) - 1, int(math.ceil(target * len(pos))) - 1)
+        highest = pos[::-1][idx]  # the highest threshold keeping the sensitivity
+        below = neg[neg < highest]
+        if len(below) == 0:
+            return float(pos[0])
+        lower = below[-1]  # lowering the threshold down to above here adds no false alarm
+        upper = pos[pos > lower][0]
+    return float(max((lower + upper) / 2, np.nextafter(lower, 2.0)))
 
 
 def confusion(labels, scores, threshold) -> dict:

@@ -104,3 +104,34 @@ def test_evaluation_arithmetic():
     assert (scores[labels == 0] < t).mean() >= 0.9
     t = threshold_for("sensitivity_0.9", labels, scores)
     assert (scores[labels == 1] >= t).mean() >= 0.9
+
+
+def test_operating_points_on_separable_scores_sit_between_the_classes():
+    # validation scores that separate perfectly: both points must catch every positive and no
+    # negative, and "high sensitivity" must not end up less sensitive than "default"
+    labels = np.r_[np.zeros(40), np.ones(40)].astype(int)
+    scores = np.r_[np.linspace(0.0, 0.3, 40), np.linspace(0.6, 1.0, 40)]
+    default = threshold_for("specificity_0.95", labels, scores)
+    high_sens = threshold_for("sensitivity_0.98", labels, scores)
+    for t in (default, high_sens):
+        assert 0.3 < t <= 0.6
+        assert (scores[labels == 1] >= t).all() and (scores[labels == 0] < t).all()
+    assert high_sens <= default
+
+
+def test_operating_points_on_overlapping_scores_are_the_best_that_keep_their_target():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(100), np.ones(60)].astype(int)
+    scores = np.r_[rng.normal(0.3, 0.15, 100), rng.normal(0.6, 0.15, 60)]
+
+    def sens(t):
+        return (scores[labels == 1] >= t).mean()
+
+    def spec(t):
+        return (scores[labels == 0] < t).mean()
+
+    candidates = np.r_[scores, np.nextafter(scores, 2.0)]
+    t = threshold_for("specificity_0.95", labels, scores)
+    assert spec(t) >= 0.95 and sens(t) == max(sens(c) for c in candidates if spec(c) >= 0.95)
+    t = threshold_for("sensitivity_0.98", labels, scores)
+    assert sens(t) >= 0.98 and spec(t) == max(spec(c) for c in candidates if sens(c) >= 0.98)
