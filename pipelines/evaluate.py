@@ -60,10 +60,11 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
     """The threshold for a named operating point on validation scores. ``specificity_0.95``: keep that
-    specificity and catch as many positives as it allows; ``sensitivity_0.98``: keep that sensitivity
-    with as few false alarms as it allows. Of the thresholds that give the same counts, take the middle
-    of the gap between the nearest negative and positive, so that when the classes separate both
-    points sit between them (not on a score) and "high sensitivity" never catches less than "default"."""
+    specificity and catch as many positives as it allows, then raise no false alarm that catches no
+    more; ``sensitivity_0.98``: keep that sensitivity with as few false alarms as it allows, then
+    catch every positive that adds no false alarm. Of the thresholds that give the same counts it
+    takes the lowest (just above a negative): a triage list would rather err towards reading sooner.
+    So when the classes separate, both points sit just above the highest negative."""
     kind, _, value = rule.partition("_")
     target = float(value)
     neg, pos = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
@@ -72,20 +73,18 @@ def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
     if kind == "specificity":
         idx = min(len(neg) - 1, int(math.ceil(target * len(neg))) - 1)
         lowest = np.nextafter(neg[idx], 2.0)  # the lowest threshold keeping the specificity
-        above = pos[pos >= lowest]
-        if len(above) == 0:
+        caught = pos[pos >= lowest]
+        if len(caught) == 0:
             return float(min(1.0, lowest))
-        upper = above[0]  # raising the threshold up to here loses no positive
-        lower = neg[neg < upper][-1]
+        negative = neg[neg < caught[0]][-1]  # raising the threshold past this loses no positive
     else:
         idx = min(len(pos) - 1, int(math.ceil(target * len(pos))) - 1)
         highest = pos[::-1][idx]  # the highest threshold keeping the sensitivity
         below = neg[neg < highest]
         if len(below) == 0:
-            return float(pos[0])
-        lower = below[-1]  # lowering the threshold down to above here adds no false alarm
-        upper = pos[pos > lower][0]
-    return float(max((lower + upper) / 2, np.nextafter(lower, 2.0)))
+            return float(min(pos[0], neg[0]))
+        negative = below[-1]  # lowering the threshold down to this adds no false alarm
+    return float(np.nextafter(negative, 2.0))
 
 
 def confusion(labels, scores, threshold) -> dict:
