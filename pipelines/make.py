@@ -67,7 +67,10 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
                      matrix=int(cfg["data"]["matrix"]), progress=progress)
             marker.touch()
     best = train(cfg, data, work / "run", resume=resume, progress=progress)
-    model, cfg = load_model(best)
+    model, trained = load_model(best)
+    # what made the network comes from its checkpoint; how it is judged and described (targets,
+    # operating points, size bins, limits for the card) from the config as it is now
+    cfg = {**cfg, **{key: trained[key] for key in ("input", "data", "train") if key in trained}}
     from pipelines.dataset import load_dataset
 
     spec = input_spec(cfg)
