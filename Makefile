@@ -26,13 +26,17 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# The demo scores real DICOM from pydicom's packages plus phantom head CTs, head CTAs and chest
-# CTs (with and without haemorrhage / occlusion / pneumothorax), generated here with fixed seeds.
+# The demo scores real DICOM from pydicom's packages plus phantoms of every finding a model reads
+# (head CT, head CTA, chest CT, CT angiography, chest radiograph; positives and negatives),
+# generated here with fixed seeds: kind:count:seed[:matrix].
 DEMO_PHANTOMS := demo-out/phantoms
-DEMO_KINDS := head_ct:4:9001 head_cta:4:9002 chest_ct_pneumothorax:2:9007
+DEMO_KINDS := head_ct:4:9001 head_cta:4:9002 chest_ct_pneumothorax:2:9007 head_ct_fracture:2:9011 \
+  chest_ct_pericardial_effusion:2:9012 ctpa_pe:2:9013 cta_aortic_dissection:2:9016 \
+  chest_radiograph_pneumothorax:2:9019:256
 demo: install
 	@for k in $(DEMO_KINDS); do set -- $$(echo $$k | tr : ' '); \
-	  $(PY) -m pipelines.synth --kind $$1 --n $$2 --seed $$3 --out $(DEMO_PHANTOMS)/$$1 || exit 1; done
+	  $(PY) -m pipelines.synth --kind $$1 --n $$2 --seed $$3 --matrix $${4:-128} --out $(DEMO_PHANTOMS)/$$1 \
+	  || exit 1; done
 	$(VENV)/bin/triage demo --out demo-out $(foreach k,$(DEMO_KINDS),--studies $(DEMO_PHANTOMS)/$(firstword $(subst :, ,$(k)))/studies)
 
 test: install-test
