@@ -11,7 +11,7 @@ help:
 	@echo "make test   - install the test extras and run the whole test suite"
 	@echo "make kafka-up / kafka-down - start / stop a local Apache Kafka broker (KRaft)"
 	@echo "make bench / bench-quick   - benchmarks against pydicom, SimpleITK, MONAI (writes benchmarks/results/)"
-	@echo "make train MODEL=ich|lvo   - phantoms -> train -> evaluate -> export -> register into models/"
+	@echo "make train MODEL=<name>    - phantoms -> train -> evaluate -> export -> register into models/ (names: pipelines/configs/)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

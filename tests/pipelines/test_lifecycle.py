@@ -73,6 +73,9 @@ def test_a_radiograph_model_trains_in_2d_and_scores_a_dx_study(tmp_path_factory)
     assert list(result["sensitivity_by_lesion_size"]) == [f"{a:g}-{b:g} mL" for a, b in zip(bins, bins[1:])] + \
         [f">={bins[-1]:g} mL"]
     assert "by lesion size" in (models / "pneumothorax_cxr" / "eval.md").read_text()
+    # the card states what the config says the phantom leaves out
+    (limit,) = load_config(CONFIGS / "pneumothorax_cxr.yaml")["limits"]
+    assert limit in (models / "pneumothorax_cxr" / "card.md").read_text()
     event = score_a_test_study(work, models)
     assert event.status.value == "scored", event.error
     (finding,) = event.findings  # the DX series went to the radiograph model and nothing else
