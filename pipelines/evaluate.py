@@ -81,8 +81,8 @@ def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
         idx = min(len(pos) - 1, int(math.ceil(target * len(pos))) - 1)
         highest = pos[::-1][idx]  # the highest threshold keeping the sensitivity
         below = neg[neg < highest]
-        if len(below) == 0:
-            return float(min(pos[0], neg[0]))
+        if len(below) == 0:  # every negative already scores at least as high: catch every positive
+            return float(pos[0])
         negative = below[-1]  # lowering the threshold down to this adds no false alarm
     return float(np.nextafter(negative, 2.0))
 

@@ -68,13 +68,14 @@ def test_a_radiograph_model_trains_in_2d_and_scores_a_dx_study(tmp_path_factory)
     work, models, result = tiny_run(tmp_path_factory, "pneumothorax_cxr")
     m = load_manifest(models / "pneumothorax_cxr")
     assert m.input.shape == (1, 32, 32) and result["parity_max_abs_diff"] <= 1e-4
+    cfg = load_config(CONFIGS / "pneumothorax_cxr.yaml")
     # sensitivity by finding size in the bins of the model's own config (air volume, not bleed mL)
-    bins = load_config(CONFIGS / "pneumothorax_cxr.yaml")["size_bins_ml"]
+    bins = cfg["size_bins_ml"]
     assert list(result["sensitivity_by_lesion_size"]) == [f"{a:g}-{b:g} mL" for a, b in zip(bins, bins[1:])] + \
         [f">={bins[-1]:g} mL"]
     assert "by lesion size" in (models / "pneumothorax_cxr" / "eval.md").read_text()
     # the card states what the config says the phantom leaves out
-    (limit,) = load_config(CONFIGS / "pneumothorax_cxr.yaml")["limits"]
+    (limit,) = cfg["limits"]
     assert limit in (models / "pneumothorax_cxr" / "card.md").read_text()
     event = score_a_test_study(work, models)
     assert event.status.value == "scored", event.error
