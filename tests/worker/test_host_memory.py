@@ -95,7 +95,10 @@ def test_retriable_error_is_retried_until_the_source_appears(tmp_path, settings)
 
     def arrive(pool, events):
         time.sleep(0.5)
-        write_series(late, 4)
+        # the study lands whole, as a finished transfer does: written beside it, then renamed into
+        # place (a retry that scanned a half-written folder would rightly fail it as empty)
+        write_series(tmp_path / "incoming", 4)
+        os.rename(tmp_path / "incoming", late)
 
     (event,) = _run(settings, broker, 1, options=HostOptions(retry_attempts=8, retry_backoff_s=0.3,
                                                              retry_backoff_max_s=1.0), during=arrive)
