@@ -58,19 +58,23 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     data = data or work / "data"
     for split in ("train", "val", "test"):
         spec_ = cfg["data"][split]
+        # what the split was generated from: a resumed run reuses it only if the config still says the same
+        made = json.dumps({"phantom": cfg["phantom"], "n": int(spec_["n"]), "seed": int(spec_["seed"]),
+                           "matrix": int(cfg["data"]["matrix"])}, sort_keys=True)
         marker = data / split / ".complete"
         if own_data:
             if not (data / split / "labels.csv").exists():
                 raise SystemExit(f"{data / split}: no labels.csv (a dataset needs train/, val/ and test/ splits)")
-        elif not (resume and marker.exists()):
+        elif not (resume and marker.exists() and marker.read_text() == made):
             generate(cfg["phantom"], int(spec_["n"]), int(spec_["seed"]), data / split,
                      matrix=int(cfg["data"]["matrix"]), progress=progress)
-            marker.touch()
+            marker.write_text(made)
     best = train(cfg, data, work / "run", resume=resume, progress=progress)
     model, trained = load_model(best)
-    # what made the network comes from its checkpoint; how it is judged and described (targets,
-    # operating points, size bins, limits for the card) from the config as it is now
-    cfg = {**cfg, **{key: trained[key] for key in ("input", "data", "train") if key in trained}}
+    # what made the network (input, training data, training) comes from its checkpoint; how it is
+    # judged and described (test split, targets, operating points, size bins, limits) from the config
+    data_cfg = {**trained.get("data", cfg["data"]), "test": cfg["data"]["test"]}
+    cfg = {**cfg, **{key: trained[key] for key in ("input", "train") if key in trained}, "data": data_cfg}
     from pipelines.dataset import load_dataset
 
     spec = input_spec(cfg)

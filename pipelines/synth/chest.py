@@ -144,17 +144,33 @@ def pleural_air(rng, chest: Chest) -> tuple[np.ndarray, str]:
     return air, side
 
 
-def _pe(rng, chest: Chest) -> np.ndarray:
-    """One to three clots in pulmonary arteries: central, lobar or segmental, occlusive or not."""
+def _pe(rng, chest: Chest) -> tuple[np.ndarray, str]:
+    """One to three clots in pulmonary arteries: central, lobar or segmental. A central clot lets
+    contrast past it; a lobar or segmental one is occlusive two times in five: it fills its artery,
+    and the artery beyond it and its branches stay unopacified (they are part of the finding).
+    Returns (clot, type): the level, with ``_occlusive`` when any clot is."""
     clot = np.zeros(chest.coords[0].shape, bool)
     level = str(rng.choice(["central", "lobar", "segmental"]))
     candidates = [s for s in chest.pa_segments if s[0] == level]
+    kind = level
     for i in rng.choice(len(candidates), size=min(len(candidates), int(rng.integers(1, 4))), replace=False):
         _, p0, p1, radius = candidates[int(i)]
-        tube, t = _tube(chest.coords, p0, p1, radius * rng.uniform(0.5, 0.95))
+        occlusive = level != "central" and rng.random() < 0.4
+        tube, t = _tube(chest.coords, p0, p1, radius if occlusive else radius * rng.uniform(0.5, 0.95))
         start = rng.uniform(0.1, 0.6)
-        clot |= tube & (t > start) & (t < start + rng.uniform(0.15, 0.4))
-    return clot & chest.pa
+        end = 1.0 if occlusive else start + rng.uniform(0.15, 0.4)
+        clot |= tube & (t > start) & (t <= end)
+        if occlusive:
+            kind = f"{level}_occlusive"
+            for _, b0, b1, r in _branches(chest.pa_segments, p1):
+                clot |= _tube(chest.coords, b0, b1, r)[0]
+    return clot & chest.pa, kind
+
+
+def _branches(segments, start) -> list:
+    """The arteries that leave from ``start``, and theirs in turn."""
+    out = [s for s in segments if s[1] == start]
+    return out + [b for s in out for b in _branches(segments, s[2])]
 
 
 def _dissection(rng, chest: Chest) -> tuple[np.ndarray, np.ndarray, str]:
@@ -214,11 +230,10 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, matrix: 
             hu[mask] = -1000.0  # no lung markings in the pleural air
         elif finding == "pe":
             for _ in range(10):  # a segmental clot can fall between the voxels of a coarse grid
-                mask = _pe(rng, chest)
+                mask, kind = _pe(rng, chest)
                 if mask.sum() >= 3:
                     break
             hu[mask] = rng.uniform(20, 60)
-            kind = "pe"
         elif finding == "aortic_dissection":
             flap, false_lumen, kind = _dissection(rng, chest)
             hu[false_lumen] *= rng.uniform(0.5, 0.8)  # slower flow: less contrast

@@ -3,17 +3,18 @@ into a temporary folder, which the runtime then loads and runs; and the evaluati
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
 from pipelines.dataset import load_study, read_labels  # noqa: E402
 from pipelines.evaluate import roc_auc, threshold_for, wilson  # noqa: E402
 from pipelines.make import CONFIGS, SMALL, run  # noqa: E402
-from pipelines.train import input_spec, load_config  # noqa: E402
+from pipelines.train import input_spec, load_config, train  # noqa: E402
 from triage.dicom import decode_series, scan_study  # noqa: E402
 from triage.events import STUDY_SCHEMA, now_iso, parse_study_event  # noqa: E402
 from triage.inference.manifest import load_manifest  # noqa: E402
@@ -64,8 +65,13 @@ def test_runtime_loads_and_runs_the_registered_model(tiny):
     assert finding.code == "ich" and finding.model.name == "ich" and finding.key_slice is not None
 
 
-def test_a_radiograph_model_trains_in_2d_and_scores_a_dx_study(tmp_path_factory):
-    work, models, result = tiny_run(tmp_path_factory, "pneumothorax_cxr")
+@pytest.fixture(scope="module")
+def radiograph(tmp_path_factory):
+    return tiny_run(tmp_path_factory, "pneumothorax_cxr")
+
+
+def test_a_radiograph_model_trains_in_2d_and_scores_a_dx_study(radiograph):
+    work, models, result = radiograph
     m = load_manifest(models / "pneumothorax_cxr")
     assert m.input.shape == (1, 32, 32) and result["parity_max_abs_diff"] <= 1e-4
     cfg = load_config(CONFIGS / "pneumothorax_cxr.yaml")
@@ -82,6 +88,31 @@ def test_a_radiograph_model_trains_in_2d_and_scores_a_dx_study(tmp_path_factory)
     (finding,) = event.findings  # the DX series went to the radiograph model and nothing else
     assert finding.model.name == "pneumothorax_cxr" and finding.code == "pneumothorax"
     assert finding.key_slice == 0
+
+
+def test_a_resumed_run_judged_on_a_new_test_split_generates_that_split_and_keeps_the_rest(radiograph, tmp_path,
+                                                                                            monkeypatch):
+    work, models = tmp_path / "work", tmp_path / "models"
+    shutil.copytree(radiograph[0], work)
+    shutil.copytree(radiograph[1], models)
+    kept = {split: (work / "data" / split / "labels.csv").stat().st_mtime_ns for split in ("train", "val")}
+    monkeypatch.setitem(SMALL, "data.test", {"n": 4, "seed": 99})
+    result = run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False)
+    assert [r["study_id"][:4] for r in read_labels(work / "data" / "test")] == ["s99-"] * 4
+    assert {split: (work / "data" / split / "labels.csv").stat().st_mtime_ns for split in kept} == kept
+    assert result["n_test"] == 4
+    assert "test 99)" in (models / "pneumothorax_cxr" / "card.md").read_text()
+
+
+def test_validation_every_n_epochs_keeps_the_best_of_the_validated_ones(radiograph, tmp_path, capsys):
+    work, _, _ = radiograph
+    cfg = load_config(CONFIGS / "pneumothorax_cxr.yaml", {**SMALL, "input.shape": [1, 32, 32], "train.epochs": 3,
+                                                         "train.val_every": 2})
+    best = train(cfg, work / "data", tmp_path / "run", progress=False)
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert [line.startswith(f"epoch {n}: validation AUC") for n, line in enumerate(said, 1)] == [False, True, True]
+    assert said[0] == "epoch 1: not validated (every 2 epochs)"
+    assert torch.load(best, weights_only=False)["epoch"] in (1, 2)
 
 
 def test_training_and_serving_preprocessing_give_identical_tensors(tiny):

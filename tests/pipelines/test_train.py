@@ -1,11 +1,14 @@
-"""pipelines/train.py: the margin term ranks a study by its highest voxel, as serving does."""
+"""pipelines/train.py: the margin term ranks a study by its highest voxel, as serving does; training
+patches."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
 
-from pipelines.train import margin_loss  # noqa: E402
+from pipelines.train import margin_loss, patch_sampler  # noqa: E402
 
 
 def volume(fill: float) -> torch.Tensor:
@@ -36,3 +39,29 @@ def test_a_negative_study_is_judged_on_its_highest_voxel_only():
     quiet, one_hot = volume(-5.0), volume(-5.0)
     one_hot[0, 0, 1, 1, 1] = 3.0
     assert margin_loss(one_hot, volume(0.0)) > margin_loss(quiet, volume(0.0)) + 2
+
+
+def test_training_patches_have_the_configured_size_and_about_half_hold_the_lesion():
+    sampler = patch_sampler([8, 16, 16], [16, 32, 32])
+    sampler.set_random_state(0)
+    image = np.random.default_rng(0).random((1, 16, 32, 32), dtype=np.float32)
+    mask = np.zeros_like(image)
+    mask[0, 2:4, 3:5, 25:27] = 1.0  # a small lesion in a corner
+    image[mask > 0] = 5.0
+    holding = 0
+    for _ in range(60):
+        patch = sampler({"image": image, "mask": mask})[0]
+        crop, crop_mask = np.asarray(patch["image"]), np.asarray(patch["mask"])
+        assert crop.shape == crop_mask.shape == (1, 8, 16, 16)
+        assert np.array_equal(crop >= 5.0, crop_mask > 0)  # image and mask are cut from the same place
+        holding += bool(crop_mask.any())
+    # lesion-centred half the time; a background-centred patch holds it only by chance
+    assert 25 <= holding <= 50
+
+
+@pytest.mark.filterwarnings("ignore:Num foregrounds 0")  # no lesion: MONAI says it centres on background
+def test_a_patch_is_never_larger_than_the_input_and_no_patch_means_whole_volumes():
+    image = np.zeros((1, 16, 32, 32), np.float32)
+    patch = patch_sampler([48, 96, 96], [16, 32, 32])({"image": image, "mask": image.copy()})[0]
+    assert tuple(patch["image"].shape) == (1, 16, 32, 32)
+    assert patch_sampler(None, [16, 32, 32]) is None

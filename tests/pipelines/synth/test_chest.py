@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.synth.chest import FINDINGS, chest_ct
+from pipelines.synth.chest import FINDINGS, _branches, chest_ct
 from pipelines.synth.generate import generate
 from pipelines.synth.radiograph import chest_radiograph
 from tests.helpers import dciodvfy_errors
@@ -88,3 +88,23 @@ def test_a_pneumothorax_darkens_the_radiograph_where_its_mask_is():
     # against a noise of ~1-2 on such a mean; the rest of the film is unchanged
     assert with_air.hu[0][region].mean() < without.hu[0][region].mean() - 10
     assert abs(with_air.hu[0][~region].mean() - without.hu[0][~region].mean()) < 5
+
+
+def test_an_occlusive_clot_leaves_the_arteries_beyond_it_without_contrast():
+    seeds = ([47, i] for i in range(60))
+    seed, clotted = next((s, ph) for s in seeds
+                         if (ph := chest_ct(np.random.default_rng(s), True, finding="pe", matrix=64,
+                                            thickness=2.5)).kind == "lobar_occlusive")
+    clear = chest_ct(np.random.default_rng(seed), False, finding="pe", matrix=64, thickness=2.5)  # same anatomy
+    assert np.median(clear.hu[clotted.mask]) > 200  # opacified artery without the clot
+    assert np.median(clotted.hu[clotted.mask]) < 90  # clot grey with it
+    assert not (clotted.hu[clotted.mask] > 200).any()  # no contrast left anywhere beyond the clot
+
+
+def test_the_arteries_beyond_an_artery_are_its_branches_and_theirs():
+    trunk, hilum, lobar_end, other_end, seg1, seg2 = ((float(i), 0.0, 0.0) for i in range(6))
+    tree = [("central", trunk, hilum, 10.0), ("lobar", hilum, lobar_end, 5.0), ("segmental", lobar_end, seg1, 3.0),
+            ("segmental", lobar_end, seg2, 3.0), ("lobar", hilum, other_end, 5.0)]
+    assert _branches(tree, lobar_end) == tree[2:4]
+    assert _branches(tree, hilum) == [tree[1], tree[4], tree[2], tree[3]]
+    assert _branches(tree, seg1) == []
