@@ -121,7 +121,7 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
         model.train()
         order = rng.permutation(len(train_items))
         flip.set_random_state(int(tc["seed"]) + epoch)  # per epoch, so a resumed run flips (and crops) the same
-        if crop:
+        if crop:  # flip draws once per study and the crop twice: the two streams share only the first draw
             crop.set_random_state(int(tc["seed"]) + epoch)
         bar = tqdm(range(0, len(order), bs), desc=f"epoch {epoch + 1}/{tc['epochs']}", unit="batch",
                    disable=not progress)
