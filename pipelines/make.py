@@ -58,17 +58,18 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     data = data or work / "data"
     for split in ("train", "val", "test"):
         spec_ = cfg["data"][split]
-        # what the split was generated from: a resumed run reuses it only if the config still says the same
-        made = json.dumps({"phantom": cfg["phantom"], "n": int(spec_["n"]), "seed": int(spec_["seed"]),
-                           "matrix": int(cfg["data"]["matrix"])}, sort_keys=True)
+        # what the split is generated from, kept in its marker: a resumed run reuses the split only
+        # while the config still says the same
+        made = {"phantom": cfg["phantom"], "n": int(spec_["n"]), "seed": int(spec_["seed"]),
+                "matrix": int(cfg["data"]["matrix"])}
+        stamp = json.dumps(made, sort_keys=True)
         marker = data / split / ".complete"
         if own_data:
             if not (data / split / "labels.csv").exists():
                 raise SystemExit(f"{data / split}: no labels.csv (a dataset needs train/, val/ and test/ splits)")
-        elif not (resume and marker.exists() and marker.read_text() == made):
-            generate(cfg["phantom"], int(spec_["n"]), int(spec_["seed"]), data / split,
-                     matrix=int(cfg["data"]["matrix"]), progress=progress)
-            marker.write_text(made)
+        elif not (resume and marker.exists() and marker.read_text() == stamp):
+            generate(made["phantom"], made["n"], made["seed"], data / split, matrix=made["matrix"], progress=progress)
+            marker.write_text(stamp)
     best = train(cfg, data, work / "run", resume=resume, progress=progress)
     model, trained = load_model(best)
     # what made the network (input, training data, training) comes from its checkpoint; how it is
