@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -27,10 +28,15 @@ SMALL = {"data.train": {"n": 6, "seed": 1}, "data.val": {"n": 4, "seed": 2}, "da
 
 
 def compare_with_committed(committed: Path, result: dict, tolerance: dict | None) -> list[dict]:
-    """This run's headline figures against the registered model's, within the config's tolerance."""
+    """This run's headline figures against the registered model's, within the config's tolerance;
+    none when the registered figures were measured on another test split (not like with like)."""
     if not committed.exists() or not tolerance:
         return []
     before = json.loads(committed.read_text())
+    if before.get("test_split") != result["test_split"]:
+        print(f"  not compared with {committed}: its figures come from test split {before.get('test_split', 'unknown')}, "
+              f"this run's from {result['test_split']}")
+        return []
     rows = []
     for key, get in (("auc", lambda r: r["auc"]),
                      ("sensitivity", lambda r: r["operating_points"]["default"]["sensitivity"]),
@@ -56,6 +62,7 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
         cfg = load_config(CONFIGS / f"{name}.yaml", {**SMALL, "input.shape": [1, 32, 32]} if planar else SMALL)
     own_data = data is not None
     data = data or work / "data"
+    made_from = {}  # split -> what identifies it: its generator's values, or its own labels' hash
     for split in ("train", "val", "test"):
         spec_ = cfg["data"][split]
         # what the split is generated from, kept in its marker: a resumed run reuses the split only
@@ -65,11 +72,14 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
         stamp = json.dumps(made, sort_keys=True)
         marker = data / split / ".complete"
         if own_data:
-            if not (data / split / "labels.csv").exists():
+            labels = data / split / "labels.csv"
+            if not labels.exists():
                 raise SystemExit(f"{data / split}: no labels.csv (a dataset needs train/, val/ and test/ splits)")
+            made = {"labels_sha256": hashlib.sha256(labels.read_bytes()).hexdigest()}
         elif not (resume and marker.exists() and marker.read_text() == stamp):
             generate(made["phantom"], made["n"], made["seed"], data / split, matrix=made["matrix"], progress=progress)
             marker.write_text(stamp)
+        made_from[split] = made
     best = train(cfg, data, work / "run", resume=resume, progress=progress)
     model, trained = load_model(best)
     # what made the network (input, training data, training) comes from its checkpoint; how it is
@@ -89,6 +99,7 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     result = evaluate(test_items, test_scores, val_items, val_scores, cfg["operating_points"], work / "eval",
                       cfg.get("targets"), cfg.get("size_bins_ml", SIZE_BINS_ML))
     result["platt"] = {"a": a, "b": b}
+    result["test_split"] = made_from["test"]
     onnx_path = work / "model.onnx"
     export_onnx(model, spec, onnx_path)
     result["parity_max_abs_diff"] = parity(model, onnx_path, np.stack([it.image for it in test_items]))

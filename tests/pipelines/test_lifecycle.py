@@ -13,7 +13,7 @@ pytest.importorskip("monai")
 
 from pipelines.dataset import load_study, read_labels  # noqa: E402
 from pipelines.evaluate import roc_auc, threshold_for, wilson  # noqa: E402
-from pipelines.make import CONFIGS, SMALL, run  # noqa: E402
+from pipelines.make import CONFIGS, SMALL, compare_with_committed, run  # noqa: E402
 from pipelines.train import input_spec, load_config, train  # noqa: E402
 from triage.dicom import decode_series, scan_study  # noqa: E402
 from triage.events import STUDY_SCHEMA, now_iso, parse_study_event  # noqa: E402
@@ -91,7 +91,7 @@ def test_a_radiograph_model_trains_in_2d_and_scores_a_dx_study(radiograph):
 
 
 def test_a_resumed_run_judged_on_a_new_test_split_generates_that_split_and_keeps_the_rest(radiograph, tmp_path,
-                                                                                            monkeypatch):
+                                                                                            monkeypatch, capsys):
     work, models = tmp_path / "work", tmp_path / "models"
     shutil.copytree(radiograph[0], work)
     shutil.copytree(radiograph[1], models)
@@ -102,6 +102,24 @@ def test_a_resumed_run_judged_on_a_new_test_split_generates_that_split_and_keeps
     assert {split: (work / "data" / split / "labels.csv").stat().st_mtime_ns for split in kept} == kept
     assert result["n_test"] == 4
     assert "test 99)" in (models / "pneumothorax_cxr" / "card.md").read_text()
+    # the registered figures came from test seed 3: not a reproduction to judge within tolerance
+    assert result["test_split"]["seed"] == 99 and result["reproduction"] == []
+    assert "not compared with" in capsys.readouterr().out
+
+
+def test_reproduction_compares_figures_only_on_the_same_test_split(tmp_path):
+    split = {"phantom": "head_ct", "n": 120, "seed": 303, "matrix": 128}
+    committed = tmp_path / "eval.json"
+    committed.write_text(json.dumps({"auc": 0.95, "operating_points": {"default": {"sensitivity": 0.9,
+                                                                                     "specificity": 0.9}},
+                                     "test_split": split}))
+    result = {"auc": 0.96, "operating_points": {"default": {"sensitivity": 0.8, "specificity": 0.91}},
+              "test_split": dict(split)}
+    tolerance = {"auc": 0.02, "sensitivity": 0.08, "specificity": 0.08}
+    rows = compare_with_committed(committed, result, tolerance)
+    assert [(r["figure"], r["within"]) for r in rows] == [("auc", True), ("sensitivity", False),
+                                                          ("specificity", True)]
+    assert compare_with_committed(committed, {**result, "test_split": {**split, "seed": 304}}, tolerance) == []
 
 
 def test_validation_every_n_epochs_keeps_the_best_of_the_validated_ones(radiograph, tmp_path, capsys):
