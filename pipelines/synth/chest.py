@@ -28,18 +28,31 @@ DESCRIPTION = {"pneumothorax": "CT CHEST W/O CONTRAST", "pe": "CTA CHEST PE PROT
 def _tube(coords, p0, p1, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Voxels within ``radius`` of the segment p0→p1 (z, y, x in mm), and the position along it
     (0 outside the segment's bounding box)."""
-    z, y, x = coords
     p0, p1 = np.asarray(p0, np.float32), np.asarray(p1, np.float32)
     lo, hi = np.minimum(p0, p1) - radius, np.maximum(p0, p1) + radius
     # only the voxels in the segment's bounding box can be in the tube: measure those alone
-    idx = np.nonzero((z >= lo[0]) & (z <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (x >= lo[2]) & (x <= hi[2]))
-    zs, ys, xs = z[idx], y[idx], x[idx]
+    box = _index_box(coords, lo, hi)
+    z, y, x = (c[box] for c in coords)
+    near = (z >= lo[0]) & (z <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (x >= lo[2]) & (x <= hi[2])
     d = p1 - p0
-    t = np.clip(((zs - p0[0]) * d[0] + (ys - p0[1]) * d[1] + (xs - p0[2]) * d[2]) / float(d @ d), 0, 1)
-    dist2 = (zs - p0[0] - t * d[0]) ** 2 + (ys - p0[1] - t * d[1]) ** 2 + (xs - p0[2] - t * d[2]) ** 2
-    inside, along = np.zeros(z.shape, bool), np.zeros(z.shape, np.float32)
-    inside[idx], along[idx] = dist2 < radius ** 2, t
+    t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / float(d @ d), 0, 1)
+    dist2 = (z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2
+    inside, along = np.zeros(coords[0].shape, bool), np.zeros(coords[0].shape, np.float32)
+    inside[box], along[box] = near & (dist2 < radius ** 2), np.where(near, t, 0)
     return inside, along
+
+
+def _index_box(coords, lo, hi) -> tuple[slice, slice, slice]:
+    """The block of voxel indices that holds every voxel whose centre lies in the box [lo, hi]
+    (mm): the grid is an affine map of the indices, tilted, so the box's corners are mapped back."""
+    origin = np.array([c[0, 0, 0] for c in coords], np.float64)
+    steps = np.array([[c[(1, 0, 0)] - c[0, 0, 0], c[(0, 1, 0)] - c[0, 0, 0], c[(0, 0, 1)] - c[0, 0, 0]]
+                      for c in coords], np.float64)  # column k: one voxel along index axis k
+    corners = np.array([[(lo, hi)[(n >> k) & 1][k] for k in range(3)] for n in range(8)], np.float64)
+    index = np.linalg.solve(steps, (corners - origin).T)  # [3 axes, 8 corners]
+    first = np.maximum(np.floor(index.min(axis=1)).astype(int) - 1, 0)
+    last = np.minimum(np.ceil(index.max(axis=1)).astype(int) + 2, coords[0].shape)
+    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(first, last))
 
 
 class Chest:

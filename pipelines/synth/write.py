@@ -8,12 +8,18 @@ A hospital's own labelled data goes into the same layout; nothing else changes.
 """
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_dataset, write_file_meta_info
+from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from pipelines.synth.common import Phantom
@@ -26,7 +32,7 @@ def _header(ph: Phantom, study_id: str, root: str, sop_class: str, index: int) -
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[root, "sop", str(index)])
+    ds.SOPInstanceUID = _sop_uid(root, index)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -61,6 +67,98 @@ def _header(ph: Phantom, study_id: str, root: str, sop_class: str, index: int) -
     return ds
 
 
+def ct_slice(ph: Phantom, study_id: str, root: str, stored: np.ndarray, i: int) -> Dataset:
+    """Image ``i`` of a phantom's axial CT series, complete: what pydicom would write for it."""
+    _, ny, nx = stored.shape
+    dz, dy, dx = ph.spacing_zyx
+    ds = _header(ph, study_id, root, CTImageStorage, i)
+    ds.SliceThickness = dz
+    ds.SpacingBetweenSlices = dz
+    ds.PatientPosition = "HFS"
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[root, "frame"])
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PositionReferenceIndicator = ""
+    ds.Rows, ds.Columns = ny, nx
+    ds.PixelSpacing = [dy, dx]
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+    ds.WindowCenter, ds.WindowWidth = (300, 600) if ph.contrast else (40, 80)
+    ds.update(_per_image(ph, root, stored, i))
+    return ds
+
+
+def _per_image(ph: Phantom, root: str, stored: np.ndarray, i: int) -> Dataset:
+    """The elements in which image ``i`` of a CT series differs from the others (``PER_IMAGE``)."""
+    nz, ny, nx = stored.shape
+    dz, dy, dx = ph.spacing_zyx
+    ds = Dataset()
+    ds.SOPInstanceUID = _sop_uid(root, i)
+    ds.InstanceNumber = i + 1
+    ds.ImagePositionPatient = [round(v, 4) for v in (-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, (i - (nz - 1) / 2) * dz)]
+    ds.SliceLocation = ds.ImagePositionPatient[2]
+    ds.PixelData = stored[i].tobytes()
+    return ds
+
+
+# what differs between the images of one series; everything else is encoded once per series
+PER_IMAGE = ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "SliceLocation", "PixelData")
+
+
+class SeriesEncoder:
+    """Encodes the images of one series as pydicom writes them (Explicit VR Little Endian),
+    byte for byte, but encodes the elements they share once: writing element by element cost
+    more than drawing the phantom. ``first`` is any complete image of the series."""
+
+    def __init__(self, first: Dataset):
+        per_image = {Tag(keyword) for keyword in PER_IMAGE}
+        self.meta = first.file_meta
+        self.parts: list[bytes | DataElement] = []  # encoded runs of shared elements; per-image slots
+        run = Dataset()
+        # as the file will hold them: in tag order, with ambiguous VRs resolved (pixel data is OW
+        # for 16 bits), which a per-image element alone cannot resolve
+        for elem in correct_ambiguous_vr(copy.deepcopy(first), is_little_endian=True):
+            if elem.tag in per_image:
+                if len(run):
+                    self.parts.append(_encode(run))
+                    run = Dataset()
+                self.parts.append(elem)
+            else:
+                run.add(elem)
+        if len(run):
+            self.parts.append(_encode(run))
+
+    def encode(self, image: Dataset) -> bytes:
+        """The file for ``image``, a dataset holding the per-image elements (``PER_IMAGE``)."""
+        meta = FileMetaDataset(self.meta)
+        meta.MediaStorageSOPInstanceUID = image.SOPInstanceUID
+        fp = _buffer()
+        fp.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        for part in self.parts:
+            if isinstance(part, bytes):
+                fp.write(part)
+            else:
+                one = Dataset()
+                one.add(DataElement(part.tag, part.VR, image[part.tag].value))
+                fp.write(_encode(one))
+        return fp.getvalue()
+
+
+def _buffer() -> DicomBytesIO:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    return fp
+
+
+def _encode(ds: Dataset) -> bytes:
+    fp = _buffer()
+    write_dataset(fp, ds, parent_encoding=convert_encodings(["ISO_IR 100"]))
+    return fp.getvalue()
+
+
+def _sop_uid(root: str, index: int) -> str:
+    return generate_uid(entropy_srcs=[root, "sop", str(index)])
+
+
 def write_dicom_series(ph: Phantom, folder: Path, study_id: str, seed: int) -> None:
     """One axial CT series (UIDs, geometry, rescale, modality, body part, description, contrast),
     or for a radiograph (``ph.modality == "DX"``) one DX image."""
@@ -69,26 +167,12 @@ def write_dicom_series(ph: Phantom, folder: Path, study_id: str, seed: int) -> N
     if ph.modality == "DX":
         _write_radiograph(ph, folder, study_id, root)
         return
-    frame = generate_uid(entropy_srcs=[root, "frame"])
-    nz, ny, nx = ph.hu.shape
-    dz, dy, dx = ph.spacing_zyx
     stored = np.clip(np.rint(ph.hu + 1024), 0, 4095).astype(np.uint16)
-    for i in range(nz):
-        ds = _header(ph, study_id, root, CTImageStorage, i)
-        ds.SliceThickness = dz
-        ds.SpacingBetweenSlices = dz
-        ds.PatientPosition = "HFS"
-        ds.FrameOfReferenceUID = frame
-        ds.ImagePositionPatient = [round(v, 4) for v in (-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, (i - (nz - 1) / 2) * dz)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = ds.ImagePositionPatient[2]
-        ds.Rows, ds.Columns = ny, nx
-        ds.PixelSpacing = [dy, dx]
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.WindowCenter, ds.WindowWidth = (300, 600) if ph.contrast else (40, 80)
-        ds.PixelData = stored[i].tobytes()
-        ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+    first = ct_slice(ph, study_id, root, stored, 0)
+    encoder = SeriesEncoder(first)
+    (folder / "0000.dcm").write_bytes(encoder.encode(first))
+    for i in range(1, stored.shape[0]):
+        (folder / f"{i:04d}.dcm").write_bytes(encoder.encode(_per_image(ph, root, stored, i)))
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

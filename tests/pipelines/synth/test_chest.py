@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.synth.chest import FINDINGS, _branches, chest_ct
+from pipelines.synth.chest import FINDINGS, _branches, _tube, chest_ct
+from pipelines.synth.common import grid
 from pipelines.synth.generate import generate
 from pipelines.synth.radiograph import chest_radiograph
 from tests.helpers import dciodvfy_errors
@@ -108,3 +109,17 @@ def test_the_arteries_beyond_an_artery_are_its_branches_and_theirs():
     assert _branches(tree, lobar_end) == tree[2:4]
     assert _branches(tree, hilum) == [tree[1], tree[4], tree[2], tree[3]]
     assert _branches(tree, seg1) == []
+
+
+def test_a_tube_on_a_tilted_grid_holds_exactly_the_voxels_near_its_axis():
+    # the tube measures only the block of indices its bounding box can reach; on a tilted,
+    # shifted grid that block must still hold every voxel a full-grid measurement finds
+    coords, _ = grid(np.random.default_rng(5), 2.5, 48, fov_mm=200.0, coverage_mm=(90.0, 100.0))
+    z, y, x = coords
+    p0, p1, radius = np.array([-30.0, -40.0, 10.0]), np.array([25.0, 35.0, -20.0]), 6.0
+    d = p1 - p0
+    t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / (d @ d), 0, 1)
+    full = ((z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2) < radius ** 2
+    inside, along = _tube(coords, p0, p1, radius)
+    assert full.sum() > 100 and np.array_equal(inside, full)
+    assert np.allclose(along[inside], t[inside], atol=1e-5)
