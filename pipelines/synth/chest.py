@@ -46,7 +46,7 @@ def _index_box(coords, lo, hi) -> tuple[slice, slice, slice]:
     """The block of voxel indices that holds every voxel whose centre lies in the box [lo, hi]
     (mm): the grid is an affine map of the indices, tilted, so the box's corners are mapped back."""
     origin = np.array([c[0, 0, 0] for c in coords], np.float64)
-    steps = np.array([[c[(1, 0, 0)] - c[0, 0, 0], c[(0, 1, 0)] - c[0, 0, 0], c[(0, 0, 1)] - c[0, 0, 0]]
+    steps = np.array([[c[1, 0, 0] - c[0, 0, 0], c[0, 1, 0] - c[0, 0, 0], c[0, 0, 1] - c[0, 0, 0]]
                       for c in coords], np.float64)  # column k: one voxel along index axis k
     corners = np.array([[(lo, hi)[(n >> k) & 1][k] for k in range(3)] for n in range(8)], np.float64)
     index = np.linalg.solve(steps, (corners - origin).T)  # [3 axes, 8 corners]

@@ -111,6 +111,7 @@ class SeriesEncoder:
     def __init__(self, first: Dataset):
         per_image = {Tag(keyword) for keyword in PER_IMAGE}
         self.meta = first.file_meta
+        self.charset = convert_encodings(first.get("SpecificCharacterSet"))
         self.parts: list[bytes | DataElement] = []  # encoded runs of shared elements; per-image slots
         run = Dataset()
         # as the file will hold them: in tag order, with ambiguous VRs resolved (pixel data is OW
@@ -118,13 +119,13 @@ class SeriesEncoder:
         for elem in correct_ambiguous_vr(copy.deepcopy(first), is_little_endian=True):
             if elem.tag in per_image:
                 if len(run):
-                    self.parts.append(_encode(run))
+                    self.parts.append(_encode(run, self.charset))
                     run = Dataset()
                 self.parts.append(elem)
             else:
                 run.add(elem)
         if len(run):
-            self.parts.append(_encode(run))
+            self.parts.append(_encode(run, self.charset))
 
     def encode(self, image: Dataset) -> bytes:
         """The file for ``image``, a dataset holding the per-image elements (``PER_IMAGE``)."""
@@ -139,7 +140,7 @@ class SeriesEncoder:
             else:
                 one = Dataset()
                 one.add(DataElement(part.tag, part.VR, image[part.tag].value))
-                fp.write(_encode(one))
+                fp.write(_encode(one, self.charset))
         return fp.getvalue()
 
 
@@ -149,9 +150,9 @@ def _buffer() -> DicomBytesIO:
     return fp
 
 
-def _encode(ds: Dataset) -> bytes:
+def _encode(ds: Dataset, charset: list[str]) -> bytes:
     fp = _buffer()
-    write_dataset(fp, ds, parent_encoding=convert_encodings(["ISO_IR 100"]))
+    write_dataset(fp, ds, parent_encoding=charset)
     return fp.getvalue()
 
 
