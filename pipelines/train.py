@@ -63,17 +63,24 @@ def margin_loss(voxels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def patch_sampler(patch, shape):
+def patch_sampler(patch, shape, mirror: bool = False):
     """With ``train.patch`` ([z, y, x]), each training step sees one patch per study instead of the
     whole volume: centred on the lesion or on the background, even odds. A lesion of a few voxels
     then weighs far more per step, and a step costs the patch, not the volume. The network is fully
     convolutional, so validation, evaluation and serving still read the whole volume. A patch is
-    never larger than the input."""
+    never larger than the input.
+
+    With ``mirror`` a patch must span the full width: the network's second channel is its input
+    flipped left to right, and only a full-width patch flips about the patient's midline as the
+    whole volume does when served."""
     if not patch:
         return None
     from monai.transforms import RandCropByPosNegLabeld
 
     size = tuple(min(int(n), int(m)) for n, m in zip(patch, shape))
+    if mirror and size[2] < int(shape[2]):
+        raise ValueError(f"train.patch {list(patch)}: with train.mirror a patch must span the input's full width "
+                         f"({shape[2]}), or its mirrored channel is not the other side of the patient")
     return RandCropByPosNegLabeld(keys=("image", "mask"), label_key="mask", spatial_size=size, pos=1, neg=1,
                                   num_samples=1)
 
@@ -88,6 +95,7 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
     set_determinism(seed=int(tc["seed"]))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = input_spec(cfg)
+    crop = patch_sampler(tc.get("patch"), cfg["input"]["shape"], bool(tc.get("mirror", False)))  # checked first
     train_items = load_dataset(data / "train", spec, progress)
     val_items = load_dataset(data / "val", spec, progress)
     model = build_model(cfg)
@@ -102,7 +110,6 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
     # validating a large input costs a good part of an epoch: every n epochs, and always the last
     val_every = int(tc.get("val_every", 1))
     flip = RandFlipd(keys=("image", "mask"), prob=0.5, spatial_axis=2)  # left-right
-    crop = patch_sampler(tc.get("patch"), cfg["input"]["shape"])
     run.mkdir(parents=True, exist_ok=True)
     ckpt, best_path = run / "checkpoint.pt", run / "best.pt"
     start, best_auc = 0, -1.0

@@ -65,3 +65,14 @@ def test_a_patch_is_never_larger_than_the_input_and_no_patch_means_whole_volumes
     patch = patch_sampler([48, 96, 96], [16, 32, 32])({"image": image, "mask": image.copy()})[0]
     assert tuple(patch["image"].shape) == (1, 16, 32, 32)
     assert patch_sampler(None, [16, 32, 32]) is None
+
+
+def test_with_mirror_a_patch_must_span_the_full_width():
+    # the mirrored channel of a narrower patch would be the patch flipped about its own centre,
+    # not the other side of the patient, as it is when the whole volume is served
+    with pytest.raises(ValueError, match="full width"):
+        patch_sampler([8, 16, 16], [16, 32, 32], mirror=True)
+    image = np.zeros((1, 16, 32, 32), np.float32)
+    image[0, 4:6, 10:12, 3:5] = 1.0
+    patch = patch_sampler([8, 16, 32], [16, 32, 32], mirror=True)({"image": image, "mask": image.copy()})[0]
+    assert tuple(patch["image"].shape) == (1, 8, 16, 32)
