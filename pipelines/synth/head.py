@@ -127,15 +127,23 @@ def _arteries(coords, occlude: str | None, rng) -> tuple[np.ndarray, np.ndarray]
     return vessels, occluded
 
 
+def _plain_head(rng, coords):
+    """The non-contrast head that every non-contrast head CT phantom starts from: skull, brain
+    and its CSF spaces. One head, so that a model reading non-contrast head CTs (``ich`` reads the
+    fracture phantoms too) sees the same anatomy whatever the finding."""
+    hu, r, axes = _head(rng, coords)
+    csf = _csf_spaces(rng, coords, r, axes)
+    for space in csf.values():
+        hu[space] = 6.0
+    return hu, r, axes, csf
+
+
 def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None,
             kind: str | None = None) -> Phantom:
     """Non-contrast head CT; positive studies carry one haemorrhage (mask = the blood)."""
     thickness = thickness or float(rng.choice(THICKNESSES))
     coords, spacing = grid(rng, thickness, matrix)
-    hu, r, axes = _head(rng, coords)
-    csf = _csf_spaces(rng, coords, r, axes)
-    for space in csf.values():
-        hu[space] = 6.0
+    hu, r, axes, csf = _plain_head(rng, coords)
     mask = np.zeros(hu.shape, bool)
     kind = kind or (str(rng.choice(HAEMORRHAGE_KINDS)) if positive else "none")
     if positive:
@@ -167,12 +175,12 @@ def head_cta(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thi
 
 def head_ct_fracture(rng: np.random.Generator, positive: bool, *, matrix: int = 128,
                      thickness: float | None = None) -> Phantom:
-    """Non-contrast head CT read in a bone window; positive studies have a linear skull fracture:
-    a gap of soft tissue through the full thickness of the vault, 20–90 mm long and 0.5–3 mm wide,
-    drawn at least a voxel wide (mask = the gap)."""
+    """Non-contrast head CT read in a bone window, on the same head as ``head_ct``; positive studies
+    have a linear skull fracture: a gap of soft tissue through the full thickness of the vault,
+    20–90 mm long and 0.5–3 mm wide, drawn at least a voxel wide (mask = the gap)."""
     thickness = thickness or float(rng.choice(THICKNESSES))
     coords, spacing = grid(rng, thickness, matrix)
-    hu, r, axes = _head(rng, coords)
+    hu, r, axes, _ = _plain_head(rng, coords)
     mask = np.zeros(hu.shape, bool)
     if positive:
         z, y, x = coords
