@@ -64,12 +64,24 @@ def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
     more; ``sensitivity_0.98``: keep that sensitivity with as few false alarms as it allows, then
     catch every positive that adds no false alarm. Of the thresholds that give the same counts it
     takes the lowest (just above a negative): a triage list would rather err towards reading sooner.
-    So when the classes separate, both points sit just above the highest negative."""
+    So when the classes separate, both points sit just above the highest negative.
+
+    ``balanced``: the threshold whose lower of sensitivity and specificity is highest (then the
+    higher sum), for a model held to the same floor on both."""
     kind, _, value = rule.partition("_")
-    target = float(value)
     neg, pos = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
     if len(neg) == 0 or len(pos) == 0:
         return 0.5
+    if kind == "balanced":
+        # for each count of negatives let through, the lowest threshold catches the most positives
+        candidates = np.r_[np.nextafter(neg, 2.0), min(neg[0], pos[0])]
+
+        def rank(t):
+            sensitivity, specificity = (pos >= t).mean(), (neg < t).mean()
+            return min(sensitivity, specificity), sensitivity + specificity, -t
+
+        return float(max(candidates, key=rank))
+    target = float(value)
     if kind == "specificity":
         idx = min(len(neg) - 1, int(math.ceil(target * len(neg))) - 1)
         lowest = np.nextafter(neg[idx], 2.0)  # the lowest threshold keeping the specificity

@@ -166,7 +166,7 @@ def test_operating_points_on_separable_scores_sit_between_the_classes():
     scores = np.r_[np.linspace(0.0, 0.3, 40), np.linspace(0.6, 1.0, 40)]
     default = threshold_for("specificity_0.95", labels, scores)
     high_sens = threshold_for("sensitivity_0.98", labels, scores)
-    for t in (default, high_sens):
+    for t in (default, high_sens, threshold_for("balanced", labels, scores)):
         assert (scores[labels == 1] >= t).all() and (scores[labels == 0] < t).all()
         assert t < 0.31  # as low as it goes: just above the highest negative, the most room for positives
     assert high_sens <= default
@@ -188,3 +188,6 @@ def test_operating_points_on_overlapping_scores_are_the_best_that_keep_their_tar
     assert spec(t) >= 0.95 and sens(t) == max(sens(c) for c in candidates if spec(c) >= 0.95)
     t = threshold_for("sensitivity_0.98", labels, scores)
     assert sens(t) >= 0.98 and spec(t) == max(spec(c) for c in candidates if sens(c) >= 0.98)
+    t = threshold_for("balanced", labels, scores)  # the best floor under both
+    assert min(sens(t), spec(t)) == max(min(sens(c), spec(c)) for c in candidates)
+    assert threshold_for("specificity_0.95", labels, scores) > t > threshold_for("sensitivity_0.98", labels, scores)
