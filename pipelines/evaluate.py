@@ -58,6 +58,18 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def check_rule(rule: str) -> None:
+    """Raise ValueError unless ``rule`` names an operating point `threshold_for` knows."""
+    kind, _, value = rule.partition("_")
+    try:
+        known = rule == "balanced" or (kind in ("specificity", "sensitivity") and 0.0 < float(value) <= 1.0)
+    except ValueError:
+        known = False
+    if not known:
+        raise ValueError(f"unknown operating-point rule {rule!r}: use balanced, specificity_<0-1> or "
+                         "sensitivity_<0-1> (e.g. specificity_0.95)")
+
+
 def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
     """The threshold for a named operating point on validation scores. ``specificity_0.95``: keep that
     specificity and catch as many positives as it allows, then raise no false alarm that catches no
@@ -68,6 +80,7 @@ def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
 
     ``balanced``: the threshold whose lower of sensitivity and specificity is highest (then the
     higher sum), for a model held to the same floor on both."""
+    check_rule(rule)
     kind, _, value = rule.partition("_")
     neg, pos = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
     if len(neg) == 0 or len(pos) == 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.evaluate import SIZE_BINS_ML, evaluate, fit_platt
+from pipelines.evaluate import SIZE_BINS_ML, check_rule, evaluate, fit_platt
 from pipelines.export import export_onnx, parity
 from pipelines.register import register
 from pipelines.synth.generate import generate
@@ -60,6 +60,11 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     if small:
         planar = cfg["input"]["shape"][0] == 1  # a radiograph model stays 2-D
         cfg = load_config(CONFIGS / f"{name}.yaml", {**SMALL, "input.shape": [1, 32, 32]} if planar else SMALL)
+    for point, rule in cfg["operating_points"].items():  # a typo fails now, not after training
+        try:
+            check_rule(rule)
+        except ValueError as e:
+            raise SystemExit(f"{CONFIGS / f'{name}.yaml'}: operating_points.{point}: {e}") from None
     own_data = data is not None
     data = data or work / "data"
     made_from = {}  # split -> what identifies it: its generator's values, or its own labels' hash

@@ -188,6 +188,9 @@ def test_operating_points_on_overlapping_scores_are_the_best_that_keep_their_tar
     assert spec(t) >= 0.95 and sens(t) == max(sens(c) for c in candidates if spec(c) >= 0.95)
     t = threshold_for("sensitivity_0.98", labels, scores)
     assert sens(t) >= 0.98 and spec(t) == max(spec(c) for c in candidates if sens(c) >= 0.98)
+    for typo in ("specifity_0.95", "sensitivity_95", "balanced_0.9"):  # a config typo is named, not guessed at
+        with pytest.raises(ValueError, match=typo):
+            threshold_for(typo, labels, scores)
     t = threshold_for("balanced", labels, scores)  # the best floor under both
     assert min(sens(t), spec(t)) == max(min(sens(c), spec(c)) for c in candidates)
     assert threshold_for("specificity_0.95", labels, scores) > t > threshold_for("sensitivity_0.98", labels, scores)
