@@ -58,16 +58,20 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def check_rule(rule: str) -> None:
-    """Raise ValueError unless ``rule`` names an operating point `threshold_for` knows."""
+def parse_rule(rule: str) -> tuple[str, float]:
+    """An operating-point rule as (kind, target): ``balanced`` (target 0), ``specificity_<0-1>`` or
+    ``sensitivity_<0-1>``. Anything else raises ValueError naming the rule."""
+    if rule == "balanced":
+        return rule, 0.0
     kind, _, value = rule.partition("_")
     try:
-        known = rule == "balanced" or (kind in ("specificity", "sensitivity") and 0.0 < float(value) <= 1.0)
+        target = float(value)
     except ValueError:
-        known = False
-    if not known:
+        target = -1.0
+    if kind not in ("specificity", "sensitivity") or not 0.0 < target <= 1.0:
         raise ValueError(f"unknown operating-point rule {rule!r}: use balanced, specificity_<0-1> or "
                          "sensitivity_<0-1> (e.g. specificity_0.95)")
+    return kind, target
 
 
 def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
@@ -80,8 +84,7 @@ def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
 
     ``balanced``: the threshold whose lower of sensitivity and specificity is highest (then the
     higher sum), for a model held to the same floor on both."""
-    check_rule(rule)
-    kind, _, value = rule.partition("_")
+    kind, target = parse_rule(rule)
     neg, pos = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
     if len(neg) == 0 or len(pos) == 0:
         return 0.5
@@ -94,7 +97,6 @@ def threshold_for(rule: str, labels: np.ndarray, scores: np.ndarray) -> float:
             return min(sensitivity, specificity), sensitivity + specificity, -t
 
         return float(max(candidates, key=rank))
-    target = float(value)
     if kind == "specificity":
         idx = min(len(neg) - 1, int(math.ceil(target * len(neg))) - 1)
         lowest = np.nextafter(neg[idx], 2.0)  # the lowest threshold keeping the specificity

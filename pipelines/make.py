@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.evaluate import SIZE_BINS_ML, check_rule, evaluate, fit_platt
+from pipelines.evaluate import SIZE_BINS_ML, evaluate, fit_platt, parse_rule
 from pipelines.export import export_onnx, parity
 from pipelines.register import register
 from pipelines.synth.generate import generate
@@ -62,7 +62,7 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
         cfg = load_config(CONFIGS / f"{name}.yaml", {**SMALL, "input.shape": [1, 32, 32]} if planar else SMALL)
     for point, rule in cfg["operating_points"].items():  # a typo fails now, not after training
         try:
-            check_rule(rule)
+            parse_rule(rule)
         except ValueError as e:
             raise SystemExit(f"{CONFIGS / f'{name}.yaml'}: operating_points.{point}: {e}") from None
     own_data = data is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.evaluate import check_rule
+from pipelines.evaluate import parse_rule
 from pipelines.make import CONFIGS
 from pipelines.synth.chest import chest_ct
 from pipelines.synth.generate import KINDS, generate
@@ -29,7 +29,7 @@ def test_config_is_complete(name):
     assert {"auc", "sensitivity", "specificity"} <= set(cfg["targets"]) and cfg["reproduce"]
     assert "default" in cfg["operating_points"]
     for rule in cfg["operating_points"].values():
-        check_rule(rule)
+        parse_rule(rule)
     bins = cfg.get("size_bins_ml", [0, 1])  # finding size bins for the evaluation: ascending from 0
     assert bins[0] == 0 and all(a < b for a, b in zip(bins, bins[1:]))
 
