@@ -21,6 +21,10 @@ from pipelines.synth.common import Phantom, grid, smooth_noise
 THICKNESSES = (0.625, 1.25, 2.5, 5.0)
 FINDINGS = ("pneumothorax", "pe", "aortic_dissection", "pericardial_effusion")
 CONTRAST = {"pneumothorax": False, "pe": True, "aortic_dissection": True, "pericardial_effusion": False}
+# Timed for the pulmonary arteries, CT pulmonary angiography fills the lung's vessels with contrast
+# too: an artery a clot shuts off is the one grey vessel among bright ones. (The aortic CTA phantom
+# keeps soft-tissue markings; its model was trained on them.)
+OPACIFIED_LUNG_VESSELS = {"pe"}
 DESCRIPTION = {"pneumothorax": "CT CHEST W/O CONTRAST", "pe": "CTA CHEST PE PROTOCOL",
                "aortic_dissection": "CTA CHEST AORTA", "pericardial_effusion": "CT CHEST W/O CONTRAST"}
 
@@ -122,7 +126,7 @@ class Chest:
         self.markings = self.pa.copy()  # lung vessel markings: the arteries plus finer peripheral ones
         self.markings |= self.lung & (np.abs(smooth_noise(rng, z.shape, 5.0)) < 0.02)
 
-    def hu(self, rng: np.random.Generator, contrast: bool) -> np.ndarray:
+    def hu(self, rng: np.random.Generator, contrast: bool, opacified_markings: bool = False) -> np.ndarray:
         z = self.coords[0]
         out = np.full(z.shape, -1000.0, np.float32)
         out[self.body] = 40.0  # muscle
@@ -136,8 +140,9 @@ class Chest:
         out[self.heart] = 40.0  # myocardium
         out[self.chambers] = blood
         out[self.aorta] = blood
-        out[self.pa] = blood * rng.uniform(0.85, 1.05) if contrast else 40.0
-        out[self.markings & self.lung & ~self.pa] = rng.uniform(-100, 0)
+        arteries = blood * rng.uniform(0.85, 1.05) if contrast else 40.0
+        out[self.pa] = arteries
+        out[self.markings & self.lung & ~self.pa] = arteries if opacified_markings else rng.uniform(-100, 0)
         return out
 
 
@@ -234,7 +239,7 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, matrix: 
     coords, spacing = grid(rng, thickness, matrix, fov_mm=400.0, coverage_mm=(220.0, 300.0),
                            tilt_deg=(5.0, 5.0), shift_mm=15.0)
     chest = Chest(rng, coords)
-    hu = chest.hu(rng, contrast)
+    hu = chest.hu(rng, contrast, opacified_markings=finding in OPACIFIED_LUNG_VESSELS)
     mask = np.zeros(hu.shape, bool)
     kind = "none"
     if positive:

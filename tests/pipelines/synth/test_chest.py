@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.synth.chest import FINDINGS, _branches, _tube, chest_ct
+from pipelines.synth.chest import FINDINGS, Chest, _branches, _tube, chest_ct
 from pipelines.synth.common import grid
 from pipelines.synth.generate import generate
 from pipelines.synth.radiograph import chest_radiograph
@@ -77,6 +77,24 @@ def test_heart_and_vessels_are_opacified_on_angiography_only():
         return float(np.mean((hu > 200) & (hu < 450)))
 
     assert iodine_range(cta.hu) > 2 * iodine_range(plain.hu)
+    # the same chest on the aortic protocol: its lung markings are not opacified, so fewer bright voxels
+    aortic = chest_ct(np.random.default_rng(44), False, finding="aortic_dissection", matrix=96, thickness=2.5)
+    assert iodine_range(cta.hu) > iodine_range(aortic.hu) + 0.002
+
+
+def test_on_pulmonary_angiography_the_lung_vessels_carry_contrast_and_elsewhere_do_not():
+    # CT pulmonary angiography is timed for the arteries: the lung's finer vessels are bright too,
+    # so an artery a clot shuts off is the grey one among them; on the aortic CTA phantom and on
+    # plain CT they stay soft tissue
+    rng = np.random.default_rng(48)
+    coords, _ = grid(rng, 2.5, 64, fov_mm=400.0, coverage_mm=(220.0, 300.0))
+    chest = Chest(rng, coords)
+    peripheral = chest.markings & chest.lung & ~chest.pa
+    assert peripheral.sum() > 100
+    ctpa = chest.hu(np.random.default_rng(1), True, opacified_markings=True)
+    assert (ctpa[peripheral] > 200).all() and (ctpa[chest.pa] > 200).all()
+    for contrast in (True, False):
+        assert (chest.hu(np.random.default_rng(1), contrast)[peripheral] <= 0).all()
 
 
 def test_a_pneumothorax_darkens_the_radiograph_where_its_mask_is():
