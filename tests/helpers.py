@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,13 +124,44 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+def _loopback_peer_pid(local_port: int) -> int | None:
+    """The PID of the process holding the loopback TCP socket bound to ``local_port``."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == local_port:
+                inode = cols[9]
+    if inode is None:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
 class StudyServer:
     """DICOMweb WADO-RS over loopback serving study folders, with an optional delay per study:
-    GET /wado/<delay_s>/studies/<name> answers after delay_s seconds (a slow PACS)."""
+    GET /wado/<delay_s>/studies/<name> answers after delay_s seconds (a slow PACS).
+
+    Two names are hostile peers rather than studies: ``hang`` accepts the request and never
+    answers (until the server closes, at most two minutes), and ``kill-client`` SIGKILLs the
+    triage worker process that asked, as a native decoder crash or the OOM killer would."""
 
     def __init__(self, root: Path):
         self.root = root
         server_root = root
+        closing = self._closing = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
@@ -139,6 +171,15 @@ class StudyServer:
                     self.end_headers()
                     return
                 time.sleep(float(parts[1]))
+                if parts[3] == "hang":
+                    closing.wait(120)
+                    return
+                if parts[3] == "kill-client":
+                    pid = _loopback_peer_pid(self.client_address[1])
+                    # only ever a triage worker process that this test suite started
+                    if pid and b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
+                    return
                 folder = server_root / parts[3]
                 if parts[3] == "busy" or not folder.is_dir():
                     self.send_response(503 if parts[3] == "busy" else 404)
@@ -164,6 +205,7 @@ class StudyServer:
         return f"dicomweb+http://127.0.0.1:{self.server.server_address[1]}/wado/{delay_s:g}/studies/{name}"
 
     def close(self) -> None:
+        self._closing.set()
         self.server.shutdown()
 
 

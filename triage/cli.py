@@ -25,7 +25,8 @@ EPILOG = """examples:
 def _settings(args: argparse.Namespace, **extra):
     from triage.settings import Settings
 
-    keys = ("models_dir", "rules", "policy", "max_voxels", "providers", "processes", "metrics_port")
+    keys = ("models_dir", "rules", "policy", "max_voxels", "providers", "processes", "metrics_port",
+            "study_deadline_s")
     return Settings.load({k: getattr(args, k, None) for k in keys} | extra)
 
 
@@ -161,7 +162,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     metrics.serve(settings.metrics_port, settings.metrics_host)
     topics = Topics(studies=args.in_topic, priority=args.out_topic, dlq=args.dlq_topic)
     options = HostOptions(max_in_flight=args.max_in_flight or 2 * settings.processes,
-                          retry_attempts=args.retry_attempts, drain_timeout_s=args.drain_timeout)
+                          retry_attempts=args.retry_attempts, retry_backoff_s=args.retry_backoff,
+                          max_crashes=args.max_crashes, drain_timeout_s=args.drain_timeout)
     host = Host(KafkaSource(kafka), KafkaSink(kafka), WorkerPool(settings, settings.processes), pipeline,
                 topics=topics, options=options)
     signal.signal(signal.SIGTERM, lambda *_: host.stop())
@@ -251,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dlq-topic", default="triage.dlq")
     p.add_argument("--max-in-flight", type=int, help="studies in flight before partitions pause (default: 2 x processes)")
     p.add_argument("--retry-attempts", type=int, default=3, help="attempts for retriable errors (default: 3)")
+    p.add_argument("--retry-backoff", type=float, default=1.0, metavar="S",
+                   help="first wait before a retriable study is tried again, doubling up to 30 s (default: 1)")
+    p.add_argument("--study-deadline", dest="study_deadline_s", type=float, metavar="S",
+                   help="wall clock for one study (fetch, decode, inference); past it the worker process is "
+                        "killed and the study fails as 'timeout' (default: 300, or TRIAGE_STUDY_DEADLINE_S)")
+    p.add_argument("--max-crashes", type=int, default=2, metavar="N",
+                   help="a study that kills its worker process N times fails as 'worker_crash' (default: 2)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     p.add_argument("--metrics-port", type=int, default=9464, help="serve /metrics here; 0: off (default: 9464)")
     _add_pipeline_args(p)

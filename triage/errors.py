@@ -106,6 +106,25 @@ class InferenceError(ModelError):
     kind = "inference"
 
 
+# --- running a study in a worker process ----------------------------------------------
+class WorkerError(TriageError):
+    """A study that a worker process could not finish, whatever its files hold."""
+
+    kind = "worker"
+
+
+class StudyTimeoutError(WorkerError):
+    """The study ran past its deadline (fetch, decode and inference together); its process was killed."""
+
+    kind = "timeout"
+
+
+class WorkerCrashError(WorkerError):
+    """The study's worker process died under it as many times as the crash budget allows."""
+
+    kind = "worker_crash"
+
+
 # --- configuration --------------------------------------------------------------------
 class ConfigError(TriageError):
     """Routing rules, priority policy or settings that do not validate."""

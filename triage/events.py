@@ -18,15 +18,21 @@ import types
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from triage.errors import SchemaError, UnknownSchemaError
 
 STUDY_SCHEMA = "triage.study/v1"
 PRIORITY_SCHEMA = "triage.priority/v1"
 
-_UID = r"^[0-9]+(\.[0-9]+)*$"
+# DICOM's UI value is digits and dots, at most 64 characters; real devices also send
+# letters, hyphens and the like, and such a study is scored rather than failed. Spaces,
+# carets and other punctuation are refused: they are what names and free text look like.
+_UID = r"^[0-9A-Za-z._+-]{1,64}$"
+MAX_EVENT_BYTES = 1 << 20  # a study event is a few hundred bytes; anything past this is refused unread
+_SALVAGE_MAX_BYTES = 16 << 20  # invalid events up to this size are parsed to recover their order fields
 _SOURCE = r"^(file://|dicomweb\+https?://).+"
+UNKNOWN_SOURCE = "file:///unknown"  # the source of a study known only by its UID
 
 
 class RequestedPriority(str, enum.Enum):
@@ -80,13 +86,17 @@ def _meta(description: str, **schema: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Source:
+    # Forward compatibility: fields a newer producer adds are ignored, never an error.
+    OPEN: ClassVar[bool] = True
     uri: str = field(metadata=_meta("file:///path/to/folder or dicomweb+http(s)://host/…/studies/{uid}", pattern=_SOURCE))
 
 
 @dataclass(frozen=True)
 class StudyEvent:
-    """A study that has arrived and waits for triage (topic ``triage.studies``)."""
+    """A study that has arrived and waits for triage (topic ``triage.studies``). Fields this
+    version does not know are ignored, so a newer producer's additions never fail a study."""
 
+    OPEN: ClassVar[bool] = True
     study_instance_uid: str = field(metadata=_meta("DICOM StudyInstanceUID; also the Kafka key", pattern=_UID, maxLength=64))
     source: Source = field(metadata=_meta("Where the worker can read the study's DICOM files"))
     received_at: str = field(metadata=_meta("When the study arrived, ISO 8601 with time zone", format="date-time"))
@@ -111,7 +121,7 @@ class Finding:
     threshold: float = field(metadata=_meta("Threshold of the operating point in use", minimum=0, maximum=1))
     positive: bool = field(metadata=_meta("probability >= threshold"))
     model: ModelRef = field(metadata=_meta("The model that produced the finding"))
-    series_instance_uid: str = field(metadata=_meta("Series the finding was read on", pattern=_UID))
+    series_instance_uid: str = field(metadata=_meta("Series the finding was read on", pattern=_UID, maxLength=64))
     key_slice: int | None = field(default=None, metadata=_meta("0-based slice index (sorted along the slice normal) that best shows the finding", minimum=0))
 
 
@@ -188,12 +198,13 @@ def _object_schema(cls: type) -> dict[str, Any]:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if "schema" in props:
         required.insert(0, "schema")
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+    return {"type": "object", "properties": props, "required": required,
+            "additionalProperties": bool(getattr(cls, "OPEN", False))}
 
 
 def json_schema(cls: type, schema_id: str, title: str) -> dict[str, Any]:
     doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": schema_id, "title": title,
-           "description": (cls.__doc__ or "").strip()}
+           "description": " ".join((cls.__doc__ or "").split())}
     doc.update(_object_schema(cls))
     return doc
 
@@ -213,7 +224,7 @@ def published_schemas() -> dict[str, dict[str, Any]]:
 def _check_constraints(value: Any, schema: dict[str, Any], where: str) -> None:
     # Messages name the field and the rule, never the value: a sender may put anything,
     # PHI included, into a malformed field, and these messages reach logs and DLQ headers.
-    if "pattern" in schema and not re.match(schema["pattern"], value):
+    if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
         raise SchemaError(f"{where}: does not match {schema['pattern']}")
     if "maxLength" in schema and len(value) > schema["maxLength"]:
         raise SchemaError(f"{where}: longer than {schema['maxLength']} characters")
@@ -264,7 +275,7 @@ def _parse_object(cls: type, data: Any, where: str) -> Any:
         raise SchemaError(f"{where}: expected an object")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
-    if unknown:
+    if unknown and not getattr(cls, "OPEN", False):
         raise SchemaError(f"{where}: unknown field(s) {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -278,23 +289,93 @@ def _parse_object(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
-def _load(raw: str | bytes | dict[str, Any], expected: str, cls: type) -> Any:
-    if isinstance(raw, (str, bytes)):
+_SAFE_SCHEMA_NAME = re.compile(r"^[a-z]+(\.[a-z]+)*/v[0-9]{1,3}$")
+
+
+def _decode(raw: str | bytes | None) -> Any:
+    """JSON from the wire, bounded: size first, then UTF-8, then parse (depth guarded)."""
+    if raw is None:
+        raise SchemaError("empty message (null value)")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise SchemaError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit")
+    return _json(raw)
+
+
+def _json(raw: str | bytes) -> Any:
+    if isinstance(raw, (bytes, bytearray)):
         try:
-            raw = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SchemaError(f"not valid JSON ({exc})") from None
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SchemaError("not UTF-8 text") from None
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise SchemaError("JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"not valid JSON (line {exc.lineno} column {exc.colno})") from None
+    except ValueError:
+        raise SchemaError("not valid JSON") from None
+
+
+def _load(raw: str | bytes | dict[str, Any] | None, expected: str, cls: type) -> Any:
+    if not isinstance(raw, dict):
+        raw = _decode(raw)
     if not isinstance(raw, dict):
         raise SchemaError("an event must be a JSON object")
     found = raw.get("schema")
     if found != expected:
-        raise UnknownSchemaError(f"unknown schema {found!r}; this worker reads {expected!r}")
+        # the value is echoed only when it looks like a schema name: a sender may put anything there
+        shown = f" {found!r}" if isinstance(found, str) and _SAFE_SCHEMA_NAME.match(found) else ""
+        raise UnknownSchemaError(f"unknown schema{shown}; this worker reads {expected!r}")
     return _parse_object(cls, raw, "")
 
 
 def parse_study_event(raw: str | bytes | dict[str, Any]) -> StudyEvent:
     """Validate an incoming study event; raises :class:`SchemaError` naming the field."""
     return _load(raw, STUDY_SCHEMA, StudyEvent)
+
+
+def salvage_study_event(raw: str | bytes | None) -> StudyEvent | None:
+    """What can be read of an event that failed validation: its StudyInstanceUID and, where
+    each is valid on its own, the order's fields (so a ``failed`` event keeps a STAT order's
+    floor). None when no valid UID can be read. Bounded: a payload past a size limit is not
+    parsed, only searched near its start for the UID."""
+    if raw is None:
+        return None
+    doc: Any = None
+    if len(raw) <= _SALVAGE_MAX_BYTES:
+        try:
+            doc = _json(raw)
+        except SchemaError:
+            doc = None
+    if not isinstance(doc, dict):
+        head = raw[:65536] if isinstance(raw, str) else bytes(raw[:65536]).decode("utf-8", "replace")
+        match = re.search(r'"study_instance_uid"\s*:\s*"([^"\\]{1,64})"', head)
+        doc = {"study_instance_uid": match.group(1)} if match else {}
+    uid = doc.get("study_instance_uid")
+    if not isinstance(uid, str) or not re.fullmatch(_UID, uid):
+        return None
+
+    def read(name: str, enum_type: type[enum.Enum] | None = None) -> Any:
+        value = doc.get(name)
+        if not isinstance(value, str):
+            return None
+        if enum_type is None:
+            return value if len(value) <= 64 else None
+        for member in enum_type:
+            if value.strip().lower() == member.value.lower():
+                return member
+        return None
+
+    received = doc.get("received_at")
+    try:
+        _check_constraints(received, {"format": "date-time"}, "received_at")
+    except (SchemaError, AttributeError, TypeError):
+        received = now_iso()
+    return StudyEvent(study_instance_uid=uid, source=Source(uri=UNKNOWN_SOURCE), received_at=received,
+                      accession_number=read("accession_number"),
+                      requested_priority=read("requested_priority", RequestedPriority),
+                      patient_class=read("patient_class", PatientClass))
 
 
 def parse_priority_event(raw: str | bytes | dict[str, Any]) -> PriorityEvent:

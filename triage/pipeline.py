@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from triage.dicom.decode import Volume, decode_series
 from triage.dicom.scan import SeriesInfo, scan_study
-from triage.errors import TriageError
-from triage.events import (ErrorInfo, Finding, PriorityEvent, Source, Status, StudyEvent, Timings,
-                           make_event_id, now_iso)
+from triage.errors import SchemaError, TriageError
+from triage.events import (UNKNOWN_SOURCE, ErrorInfo, Finding, PriorityEvent, Source, Status, StudyEvent,
+                           Timings, make_event_id, now_iso, parse_priority_event, to_dict)
 from triage.fetch import local_study
 from triage.inference.registry import ModelRegistry
 from triage.priority import Policy
@@ -89,7 +89,12 @@ class Pipeline:
             priority = self.policy.score(findings, self._severities, study.requested_priority,
                                          study.patient_class, extra)
             clock["score"] = time.perf_counter() - t
-            return Outcome(self._event(study, status, priority, findings, None, inputs, clock, started))
+            event = self._event(study, status, priority, findings, None, inputs, clock, started)
+            try:  # what came from the files (series UIDs) must not make an event consumers refuse
+                parse_priority_event(to_dict(event))
+            except SchemaError as exc:
+                raise TriageError(f"the priority event did not validate ({exc})") from None
+            return Outcome(event)
         except TriageError as exc:
             error = exc
         except Exception as exc:  # a bug must not take the pool down: report it as a failed study
@@ -102,7 +107,7 @@ class Pipeline:
                      clock: dict[str, float] | None = None, started: float | None = None) -> PriorityEvent:
         """A ``failed`` event keeping the order's own priority; ``study`` may be a bare UID."""
         if isinstance(study, str):
-            study = StudyEvent(study_instance_uid=study, source=Source(uri="file:///unknown"), received_at=now_iso())
+            study = StudyEvent(study_instance_uid=study, source=Source(uri=UNKNOWN_SOURCE), received_at=now_iso())
         priority = self.policy.score([], {}, study.requested_priority, study.patient_class,
                                      [f"triage failed ({error.kind}); read in order priority"])
         info = ErrorInfo(kind=error.kind, message=str(error))

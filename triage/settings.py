@@ -24,7 +24,8 @@ class Settings:
     providers: str = "auto"
     processes: int = 2
     ort_threads: int = 0  # 0: cores / processes, so N processes do not oversubscribe the cores
-    fetch_timeout_s: int = 60  # DICOMweb retrieve timeout per study
+    fetch_timeout_s: int = 60  # DICOMweb retrieve timeout per socket operation
+    study_deadline_s: float = 300.0  # wall clock for one study: fetch, decode and inference together
     metrics_port: int = 0  # 0: do not serve /metrics
     metrics_host: str = "127.0.0.1"
 
@@ -39,6 +40,8 @@ class Settings:
             raise ConfigError(f"metrics port {self.metrics_port} is out of range")
         if self.decode_threads < 1 or self.ort_threads < 0:
             raise ConfigError("thread counts must be positive")
+        if not self.study_deadline_s > 0:
+            raise ConfigError("study deadline must be a positive number of seconds")
         for name in ("models_dir", "rules", "policy"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
@@ -71,6 +74,8 @@ def _coerce(name: str, type_name: Any, raw: Any) -> Any:
             return Path(raw)
         if "int" in text:
             return int(raw)
+        if "float" in text:
+            return float(raw)
         return str(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None

@@ -132,3 +132,101 @@ def test_killed_worker_process_is_replaced_and_its_studies_redone(tmp_path, sett
     events = _run(settings, broker, 10, during=kill_one)
     assert {e.study_instance_uid for e in events} == {f"1.3.{i}" for i in range(10)}
     assert metrics.WORKER_RESTARTS._value.get() == restarts + 1
+
+
+# -- hostile messages and studies: each ends on its own, the pool goes on ------------------
+def _dlq_by_kind(broker):
+    return {dict(m.headers)["error.kind"].decode(): m for m in broker.messages("triage.dlq")}
+
+
+def test_unreadable_messages_are_dead_lettered_and_the_next_study_is_scored(tmp_path, settings):
+    broker = MemoryBroker(partitions=1)
+    write_series(tmp_path / "s", 4)
+    for value in (b"[" * 200_000 + b"]" * 200_000, None, b"[1, 2]", b"42", b'{"note": "caf\xe9"}'):
+        broker.produce("triage.studies", b"bad", value)
+    broker.produce("triage.studies", b"1.2.11", _event("1.2.11", tmp_path / "s"))
+    events = _run(settings, broker, 1)
+    assert [(e.study_instance_uid, e.status.value) for e in events] == [("1.2.11", "scored")]
+    dlq = broker.messages("triage.dlq")
+    assert len(dlq) == 5 and all(dict(m.headers)["study_uid.read"] == b"false" for m in dlq)
+    messages = [dict(m.headers)["error.message"].decode() for m in dlq]
+    assert messages == ["JSON nested too deeply", "empty message (null value)", "an event must be a JSON object",
+                        "an event must be a JSON object", "not UTF-8 text"]
+    assert dlq[1].value is None  # the tombstone is kept as it came
+    (tp,) = broker.partitions("triage.studies")
+    assert broker.committed("triage", tp) == 6
+
+
+def test_an_invalid_event_fails_at_its_orders_priority_and_an_oversized_one_is_kept_in_part(tmp_path, settings):
+    import hashlib
+
+    broker = MemoryBroker(partitions=1)
+    missing = {"schema": STUDY_SCHEMA, "study_instance_uid": "1.2.12", "requested_priority": "STAT",
+               "patient_class": "emergency", "received_at": now_iso()}
+    broker.produce("triage.studies", b"1.2.12", json.dumps(missing).encode())
+    big = json.dumps({**missing, "study_instance_uid": "1.2.13", "padding": "x" * (3 << 20)}).encode()
+    broker.produce("triage.studies", b"1.2.13", big)
+    events = {e.study_instance_uid: e for e in _run(settings, broker, 2)}
+    for uid in ("1.2.12", "1.2.13"):
+        assert events[uid].status.value == "failed"
+        assert events[uid].priority.level.value == "STAT"  # the order's floor survives the invalid event
+    assert events["1.2.12"].error.message == "source: required field is missing"
+    dlq = _dlq_by_kind(broker)["schema"]
+    headers = dict(dlq.headers)
+    assert headers["payload.truncated"] == b"true" and headers["payload.size"] == str(len(big)).encode()
+    assert headers["payload.sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert len(dlq.value) < MemorySink.max_record_bytes and big.startswith(dlq.value)
+
+
+def test_unknown_fields_and_uids_with_letters_are_scored(tmp_path, settings):
+    broker = MemoryBroker(partitions=1)
+    write_series(tmp_path / "s", 4, mutate=lambda i, ds: setattr(ds, "SeriesInstanceUID", "1.2.840.99.ABC"))
+    doc = json.loads(_event("1.2.840.99.XYZ", tmp_path / "s"))
+    doc["added_by_a_newer_producer"] = {"anything": [1, 2]}
+    doc["source"]["auth"] = "token"
+    broker.produce("triage.studies", b"k", json.dumps(doc).encode())
+    (event,) = _run(settings, broker, 1)
+    assert event.status.value == "scored" and event.study_instance_uid == "1.2.840.99.XYZ"
+    assert {f.series_instance_uid for f in event.findings} == {"1.2.840.99.ABC"}
+
+
+def test_a_hung_study_times_out_and_the_pool_goes_on(tmp_path, settings):
+    from triage import metrics
+
+    broker = MemoryBroker(partitions=1)
+    write_series(tmp_path / "fifo", 2)
+    os.mkfifo(tmp_path / "fifo" / "slice999.dcm")  # opening it blocks forever
+    write_series(tmp_path / "s", 4)
+    broker.produce("triage.studies", b"1.2.14", _event("1.2.14", tmp_path / "fifo"))
+    broker.produce("triage.studies", b"1.2.15", _event("1.2.15", tmp_path / "s"))
+    timeouts = metrics.TIMEOUTS._value.get()
+    quick = Settings(models_dir=settings.models_dir, rules=settings.rules, processes=1, study_deadline_s=4)
+    events = {e.study_instance_uid: e for e in _run(quick, broker, 2)}
+    assert events["1.2.14"].status.value == "failed" and events["1.2.14"].error.kind == "timeout"
+    assert events["1.2.15"].status.value == "scored"
+    assert dict(_dlq_by_kind(broker)["timeout"].headers)["original.offset"] == b"0"
+    assert metrics.TIMEOUTS._value.get() == timeouts + 1
+    (tp,) = broker.partitions("triage.studies")
+    assert broker.committed("triage", tp) == 2
+
+
+def test_a_study_that_kills_its_worker_fails_after_the_crash_budget(tmp_path, settings):
+    from tests.helpers import StudyServer
+    from triage import metrics
+
+    broker = MemoryBroker(partitions=1)
+    write_series(tmp_path / "studies" / "ok", 4)
+    server = StudyServer(tmp_path / "studies")
+    try:
+        crashes = metrics.WORKER_CRASHES._value.get()
+        broker.produce("triage.studies", b"1.2.16", _event("1.2.16", tmp_path / "x").replace(
+            (tmp_path / "x").resolve().as_uri().encode(), server.uri("kill-client").encode()))
+        broker.produce("triage.studies", b"1.2.17", _event("1.2.17", tmp_path / "studies" / "ok"))
+        events = {e.study_instance_uid: e for e in _run(settings, broker, 2, options=HostOptions(max_crashes=3))}
+    finally:
+        server.close()
+    assert events["1.2.16"].status.value == "failed" and events["1.2.16"].error.kind == "worker_crash"
+    assert "3 times" in events["1.2.16"].error.message
+    assert events["1.2.17"].status.value == "scored"
+    assert metrics.WORKER_CRASHES._value.get() == crashes + 3
+    assert list(_dlq_by_kind(broker)) == ["worker_crash"]

@@ -70,6 +70,8 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
+    max_record_bytes: int  # the largest record (key, value and headers) the bus accepts
+
     def send(self, topic: str, key: bytes, value: bytes,
              headers: list[tuple[str, bytes]] | None = None) -> SendHandle: ...
 

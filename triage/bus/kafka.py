@@ -45,6 +45,7 @@ class KafkaConfig:
     max_poll_interval_ms: int = 300_000
     request_timeout_ms: int = 30_000
     max_block_ms: int = 5_000
+    max_request_bytes: int = 1_048_576  # the producer's record limit; the broker's message.max.bytes must allow it
 
     def __post_init__(self) -> None:
         if not self.bootstrap or ":" not in self.bootstrap:
@@ -62,6 +63,8 @@ class KafkaConfig:
             raise ConfigError("heartbeat interval must be at most a third of the session timeout")
         if self.session_timeout_ms >= self.request_timeout_ms:
             raise ConfigError("session timeout must be below the request timeout")
+        if self.max_request_bytes < 16 << 10:
+            raise ConfigError("max request bytes must be at least 16384")
         if self.max_poll_interval_ms < self.session_timeout_ms:
             raise ConfigError("max poll interval must not be below the session timeout")
 
@@ -77,9 +80,9 @@ class KafkaConfig:
             if raw in (None, ""):
                 continue
             try:
-                values[f.name] = int(raw) if f.name.endswith("_ms") else str(raw)
+                values[f.name] = int(raw) if f.name.endswith(("_ms", "_bytes")) else str(raw)
             except ValueError:
-                raise ConfigError(f"{f.name} must be a number of milliseconds, not {raw!r}") from None
+                raise ConfigError(f"{f.name} must be a whole number, not {raw!r}") from None
         if "bootstrap" not in values:
             raise ConfigError("no Kafka bootstrap servers: pass --bootstrap or set TRIAGE_KAFKA_BOOTSTRAP")
         return cls(**values)
@@ -245,9 +248,10 @@ class KafkaSink:
     def __init__(self, config: KafkaConfig):
         from kafka import KafkaProducer
 
+        self.max_record_bytes = config.max_request_bytes
         self._producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
                                        max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000,
-                                       **config.client_args())
+                                       max_request_size=config.max_request_bytes, **config.client_args())
 
     def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> _Sent:
         from kafka.errors import KafkaError

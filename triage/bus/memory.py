@@ -134,6 +134,8 @@ class MemorySource:
 
 
 class MemorySink:
+    max_record_bytes = 1 << 20  # Kafka's default producer limit, so the host behaves the same on both
+
     def __init__(self, broker: MemoryBroker):
         self.broker = broker
 

@@ -6,22 +6,24 @@ unfinished work. Used by the host's consumer thread only; not thread-safe.
 """
 from __future__ import annotations
 
+import time
+
 from triage.bus.base import TopicPartition
 
 
 class OffsetTracker:
     def __init__(self) -> None:
-        self._pending: dict[TopicPartition, set[int]] = {}
+        self._pending: dict[TopicPartition, dict[int, float]] = {}  # offset -> when it was added (monotonic)
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
 
     def add(self, tp: TopicPartition, offset: int) -> None:
-        self._pending.setdefault(tp, set()).add(offset)
+        self._pending.setdefault(tp, {}).setdefault(offset, time.monotonic())
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         if tp in self._pending:
-            self._pending[tp].discard(offset)
+            self._pending[tp].pop(offset, None)
 
     def in_flight(self, tp: TopicPartition | None = None) -> int:
         if tp is not None:
@@ -43,6 +45,15 @@ class OffsetTracker:
             offset = min(pending) if pending else nxt
             if self._committed.get(tp) != offset:
                 out[tp] = offset
+        return out
+
+    def oldest_pending_age(self, now: float | None = None) -> dict[TopicPartition, float]:
+        """Per tracked partition, seconds since the lowest unfinished offset arrived (0: none)."""
+        now = time.monotonic() if now is None else now
+        out = {}
+        for tp in self._next:
+            pending = self._pending.get(tp)
+            out[tp] = now - pending[min(pending)] if pending else 0.0
         return out
 
     def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
