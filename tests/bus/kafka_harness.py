@@ -42,20 +42,23 @@ class Broker:
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def create_topics(bootstrap: str, names: list[str], partitions: int = 4) -> None:
+MAX_MESSAGE_BYTES = 8 << 20  # the studies topic takes records larger than the producer's 1 MiB default
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int = 4, configs: dict | None = None) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        admin.create_topics([NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in names])
     finally:
         admin.close()
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=MAX_MESSAGE_BYTES)
     for key, value in records:
         p.send(topic, key=key, value=value)
     p.flush(30)
@@ -165,7 +168,9 @@ class Pool:
     hosts: list[Host] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        create_topics(self.broker.bootstrap, [self.studies, self.priority, self.dlq], self.partitions)
+        create_topics(self.broker.bootstrap, [self.studies], self.partitions,
+                      {"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+        create_topics(self.broker.bootstrap, [self.priority, self.dlq], self.partitions)
 
     @property
     def studies(self) -> str:
@@ -183,10 +188,11 @@ class Pool:
     def group(self) -> str:
         return f"{self.name}.group"
 
-    def start_host(self, processes: int = 2, env: dict | None = None, extra: list[str] | None = None) -> Host:
+    def start_host(self, processes: int = 2, env: dict | None = None, extra: list[str] | None = None,
+                   group: str | None = None) -> Host:
         log = self.tmp / f"host{len(self.hosts)}.log"
         cmd = [sys.executable, "-m", "triage.cli", "worker", "--bootstrap", self.broker.bootstrap,
-               "--processes", str(processes), "--group", self.group, "--in-topic", self.studies,
+               "--processes", str(processes), "--group", group or self.group, "--in-topic", self.studies,
                "--out-topic", self.priority, "--dlq-topic", self.dlq, "--models", str(self.models),
                "--rules", str(self.rules), "--metrics-port", "0", *(extra or [])]
         full_env = {**os.environ, "TRIAGE_KAFKA_SESSION_TIMEOUT_MS": "10000", **(env or {})}
@@ -203,10 +209,10 @@ class Pool:
                            until=lambda rs: uids <= {json.loads(r.value)["study_instance_uid"] for r in rs})
         return events_by_study(records)
 
-    def wait_committed(self, timeout: float = 30.0) -> tuple[dict[int, int], dict[int, int]]:
+    def wait_committed(self, timeout: float = 30.0, group: str | None = None) -> tuple[dict[int, int], dict[int, int]]:
         deadline = time.monotonic() + timeout
         while True:
-            committed, end = committed_and_end(self.broker.bootstrap, self.group, self.studies)
+            committed, end = committed_and_end(self.broker.bootstrap, group or self.group, self.studies)
             if all(committed.get(p, 0) == off for p, off in end.items()) or time.monotonic() > deadline:
                 return committed, end
             time.sleep(0.5)

@@ -20,7 +20,7 @@ class Message:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone, which a sender may produce like any other record
     headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
 
     @property

@@ -82,7 +82,7 @@ class KafkaConfig:
             try:
                 values[f.name] = int(raw) if f.name.endswith(("_ms", "_bytes")) else str(raw)
             except ValueError:
-                raise ConfigError(f"{f.name} must be a whole number, not {raw!r}") from None
+                raise ConfigError(f"{f.name} must be a number, not {raw!r}") from None
         if "bootstrap" not in values:
             raise ConfigError("no Kafka bootstrap servers: pass --bootstrap or set TRIAGE_KAFKA_BOOTSTRAP")
         return cls(**values)

@@ -133,9 +133,6 @@ class WorkerPool:
         """Stop caring about a study (its partition was revoked); a late result is dropped."""
         self._payloads.pop(task_id, None)
 
-    def busy(self) -> int:
-        return sum(1 for s in self._slots if s.task is not None)
-
     def results(self, timeout_s: float) -> list[tuple[int, Result]]:
         out: list[tuple[int, Result]] = []
         self._restart_due()
