@@ -230,3 +230,53 @@ def test_a_study_that_kills_its_worker_fails_after_the_crash_budget(tmp_path, se
     assert events["1.2.17"].status.value == "scored"
     assert metrics.WORKER_CRASHES._value.get() == crashes + 3
     assert list(_dlq_by_kind(broker)) == ["worker_crash"]
+
+
+class _RefusingSink(MemorySink):
+    """The in-memory bus, refusing its first ``n`` sends as a broker that is down would."""
+
+    def __init__(self, broker, n):
+        super().__init__(broker)
+        self.refused, self.n, self.sent_at = 0, n, []
+
+    def send(self, topic, key, value, headers=None):
+        self.sent_at.append(time.monotonic())
+        if self.refused < self.n:
+            self.refused += 1
+            return _Failed()
+        return super().send(topic, key, value, headers)
+
+
+class _Failed:
+    def is_done(self):
+        return True
+
+    def error(self):
+        return ConnectionError("broker not reachable")
+
+
+def test_a_refused_send_is_retried_with_back_off_and_nothing_is_committed_past_it(tmp_path, settings):
+    from triage import metrics
+
+    broker = MemoryBroker(partitions=1)
+    write_series(tmp_path / "s", 4)
+    broker.produce("triage.studies", b"1.2.18", _event("1.2.18", tmp_path / "s"))
+    sink = _RefusingSink(broker, 3)
+    retries = metrics.SEND_RETRIES.labels("priority")._value.get()
+    committed_while_refused = []
+    events = []
+    host = Host(MemorySource(broker), sink, WorkerPool(settings, 1), Pipeline.from_settings(settings),
+                options=HostOptions(send_backoff_s=0.2, commit_interval_s=0.05), on_event=events.append)
+
+    def until():
+        if sink.refused and not broker.messages("triage.priority"):
+            committed_while_refused.append(broker.committed("triage", ("triage.studies", 0)))
+        return bool(events)
+
+    host.run(until=until)
+    assert [e.study_instance_uid for e in events] == ["1.2.18"]
+    assert metrics.SEND_RETRIES.labels("priority")._value.get() == retries + 3
+    gaps = [b - a for a, b in zip(sink.sent_at, sink.sent_at[1:])]
+    assert gaps[0] >= 0.18 and gaps[1] >= 0.36 and gaps[2] >= 0.72  # 0.2 s, doubling: it never spins
+    assert committed_while_refused and set(committed_while_refused) == {0}
+    assert broker.committed("triage", ("triage.studies", 0)) == 1

@@ -39,3 +39,14 @@ def test_resume_point_is_the_first_unfinished_offset():
     assert t.resume_point(TP) == 5
     t.done(TP, 5)
     assert t.resume_point(TP) == 7
+
+
+def test_the_oldest_pending_offset_age_is_what_blocks_the_commit():
+    t = OffsetTracker()
+    t.add(TP, 0)
+    t.add(TP, 1)
+    now = __import__("time").monotonic()
+    assert 0 <= t.oldest_pending_age(now + 5)[TP] - 5 < 1
+    t.done(TP, 0)
+    t.done(TP, 1)
+    assert t.oldest_pending_age() == {TP: 0.0}
