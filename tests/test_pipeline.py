@@ -77,3 +77,70 @@ def test_unexpected_exception_becomes_a_failed_event(tmp_path, pipeline, monkeyp
     out = pipeline.process(study(tmp_path / "s"))
     assert out.event.status is Status.FAILED and out.event.error.kind == "internal"
     assert "ZeroDivisionError" in out.event.error.message
+
+
+def _pipeline(root, *, threshold=0.5, version=None, rule_name="ct", weight=None):
+    import yaml
+
+    from triage.priority import DEFAULT_POLICY
+
+    models = root / "models"
+    folder = make_model_dir(models, "brightspot", window=(0, 2000), shape=(4, 64, 64), threshold=threshold)
+    if version:
+        doc = yaml.safe_load((folder / "manifest.yaml").read_text())
+        doc["version"] = version
+        (folder / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    rules = rules_file(root / "rules.yaml", [{"name": rule_name, "match": {"modality": "CT"}, "models": ["brightspot"]}])
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    if weight is not None:
+        policy["severities"]["critical"]["weight"] = weight
+    (root / "policy.yaml").write_text(yaml.safe_dump(policy))
+    return Pipeline.from_settings(Settings(models_dir=models, rules=rules, policy=root / "policy.yaml"))
+
+
+def test_event_id_changes_with_every_input_that_can_change_the_priority(tmp_path):
+    write_series(tmp_path / "s", 4)
+    write_series(tmp_path / "t", 5)
+    base = dict(requested_priority="LOW", patient_class="outpatient")
+
+    def event_id(variant="base", pipeline_args=None, folder="s", **order):
+        p = _pipeline(tmp_path / variant, **(pipeline_args or {}))
+        e = p.process(study(tmp_path / folder, **{**base, **order})).event
+        return e.event_id
+
+    reference = event_id()
+    assert event_id("again") == reference  # the same inputs give the same id, in a new pipeline and folder
+    variants = {
+        "requested priority": event_id(requested_priority="STAT"),
+        "requested priority absent": event_id(requested_priority=None),
+        "patient class": event_id(patient_class="emergency"),
+        "input instances": event_id(folder="t"),
+        "threshold": event_id("thr", {"threshold": 0.6}),
+        "model version": event_id("ver", {"version": "0.0.2-test"}),
+        "routing rules": event_id("rules", {"rule_name": "ct-renamed"}),
+        "policy": event_id("policy", {"weight": 90}),
+        "status": event_id(folder="absent"),
+    }
+    changed = {name for name, value in variants.items() if value != reference}
+    assert changed == set(variants)
+    assert len(set(variants.values())) == len(variants)
+
+
+def test_a_failed_invalid_event_carries_every_code_of_its_order(tmp_path, pipeline):
+    from triage.errors import SchemaError
+    from triage.events import salvage_study_event
+
+    salvaged = salvage_study_event(b'{"study_instance_uid": "1.2.3", "requested_priority": "STAT", "source": 7}')
+    e = pipeline.failed_event(salvaged, SchemaError("source: expected an object"))
+    assert (e.priority.level.value, e.priority.dicom_ups.value, e.priority.fhir.value) == ("STAT", "HIGH", "stat")
+
+
+def test_the_configuration_part_of_event_ids_is_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = ("from triage.pipeline import Pipeline; from triage.settings import Settings; "
+            "print(Pipeline.from_settings(Settings())._config_id)")
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
+    assert len(ids) == 1

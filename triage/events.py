@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -152,7 +153,12 @@ class Timings:
 class PriorityEvent:
     """The triage result for one study (topic ``triage.priority``)."""
 
-    event_id: str = field(metadata=_meta("Deterministic from study, model set, input and status; use it to de-duplicate", pattern=r"^[0-9a-f]{32}$"))
+    event_id: str = field(metadata=_meta(
+        "Deterministic from everything that can change the priority: the study UID, its input instances, the "
+        "model set (versions, sha256, thresholds), the routing rules, the priority policy, the order's requested "
+        "priority and patient class, and the status. The same inputs give the same id, so a repeat delivery "
+        "can be dropped. Two events for one study with different ids: the later produced_at wins, and a "
+        "priority is never lowered on the strength of an older event", pattern=r"^[0-9a-f]{32}$"))
     study_instance_uid: str = field(metadata=_meta("DICOM StudyInstanceUID", pattern=_UID, maxLength=64))
     accession_number: str | None = field(metadata=_meta("Order accession number", maxLength=64))
     status: Status = field(metadata=_meta("scored, no_applicable_model or failed"))
@@ -402,6 +408,30 @@ def to_json(event: Any) -> str:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def config_digest(value: Any) -> str:
+    """A stable digest of a configuration value (dataclasses, mappings, sets, patterns, enums,
+    numbers): equal values give equal digests in any process on any host. A path counts by
+    its last component only, so where a checkout lives does not matter."""
+    def canon(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: canon(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, dict):
+            return {str(canon(k)): canon(x) for k, x in v.items()}
+        if isinstance(v, (set, frozenset)):
+            return sorted((canon(x) for x in v), key=lambda x: json.dumps(x, sort_keys=True))
+        if isinstance(v, (list, tuple)):
+            return [canon(x) for x in v]
+        if isinstance(v, re.Pattern):
+            return {"pattern": v.pattern, "flags": int(v.flags)}
+        if hasattr(v, "__fspath__"):
+            return os.path.basename(os.fspath(v))
+        return v
+
+    return make_event_id(json.dumps(canon(value), sort_keys=True, separators=(",", ":")))
 
 
 def make_event_id(*parts: str) -> str:

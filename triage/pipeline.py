@@ -48,6 +48,10 @@ class Pipeline:
         self.decode_threads = decode_threads
         self.fetch_timeout_s = fetch_timeout_s
         self._severities = {f.code: f.severity for m in registry.manifests.values() for f in m.findings}
+        policy.check_severities({f"{m.name}/{f.code}": f.severity for m in registry.manifests.values()
+                                 for f in m.findings})
+        # everything besides the study itself that can change its priority, for the event_id
+        self._config_id = make_event_id(registry.fingerprint, router.fingerprint, policy.fingerprint)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
@@ -119,7 +123,9 @@ class Pipeline:
                clock: dict[str, float], started: float) -> PriorityEvent:
         total = time.perf_counter() - started
         return PriorityEvent(
-            event_id=make_event_id(study.study_instance_uid, self.registry.fingerprint, inputs, status.value),
+            event_id=make_event_id(study.study_instance_uid, inputs, self._config_id,
+                                   study.requested_priority.value if study.requested_priority else "",
+                                   study.patient_class.value if study.patient_class else "", status.value),
             study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
             status=status, priority=priority, findings=findings, error=error,
             timings_ms=Timings(decode=round(clock["decode"] * 1e3, 2), infer=round(clock["infer"] * 1e3, 2),

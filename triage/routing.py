@@ -18,6 +18,7 @@ import yaml
 
 from triage.dicom.scan import SeriesInfo
 from triage.errors import ConfigError
+from triage.events import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ class Router:
     @classmethod
     def from_file(cls, path: str | Path | None, applies_to: dict[str, SeriesMatch]) -> "Router":
         return cls(load_rules(path or DEFAULT_RULES), applies_to)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the rules; part of every event_id."""
+        return config_digest(self.rules)
 
     def route(self, series: list[SeriesInfo]) -> list[Route]:
         routes: list[Route] = []

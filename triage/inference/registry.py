@@ -15,7 +15,7 @@ import numpy as np
 
 from triage.dicom.decode import Volume
 from triage.errors import InferenceError, ModelError
-from triage.events import Finding, ModelRef, make_event_id
+from triage.events import Finding, ModelRef, config_digest
 from triage.inference.backends import RuntimeOptions, Session, backend_for
 from triage.inference.manifest import Manifest, load_manifest
 from triage.preprocess import preprocess, to_source_slice
@@ -65,9 +65,9 @@ class ModelRegistry:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the model set; part of every event_id."""
-        parts = [f"{m.name}@{m.version}:{m.sha256}" for m in sorted(self.manifests.values(), key=lambda m: m.name)]
-        return make_event_id(*parts) if parts else "none"
+        """Identifies the model set, each manifest whole (version, artifact sha256, thresholds
+        and operating point, what it applies to); part of every event_id."""
+        return config_digest(sorted(self.manifests.values(), key=lambda m: m.name)) if self.manifests else "none"
 
     def session(self, name: str) -> Session:
         if name not in self._sessions:
