@@ -61,12 +61,16 @@ def _folder_study_uid(folder: Path) -> str:
     """The folder's StudyInstanceUID, or a UID derived from its path when none is readable."""
     import hashlib
 
-    from triage.dicom.scan import _dicom_files, read_header
+    from triage.dicom.scan import list_files, read_header
 
     if folder.is_dir():
-        for rel in _dicom_files(folder)[:20]:
+        try:
+            files = list_files(folder)[0][:20]
+        except TriageError:
+            files = []
+        for rel in files:
             try:
-                uid = str(read_header(folder, rel).get("StudyInstanceUID", ""))
+                uid = str(read_header(folder, rel)[0].get("StudyInstanceUID", ""))
             except TriageError:
                 continue
             if uid:

@@ -79,6 +79,18 @@ class VolumeTooLargeError(DecodeError):
     kind = "volume_too_large"
 
 
+class StudyTooLargeError(DecodeError):
+    """A study folder past its file-count or byte budget; nothing in it was opened."""
+
+    kind = "study_too_large"
+
+
+class MixedStudiesError(DecodeError):
+    """One folder holding more than one StudyInstanceUID."""
+
+    kind = "mixed_studies"
+
+
 class UnsupportedImageError(DecodeError):
     kind = "unsupported_image"
 

@@ -11,15 +11,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-from triage.dicom.decode import Volume, decode_series
-from triage.dicom.scan import SeriesInfo, scan_study
+from triage.dicom.decode import decode_series
+from triage.dicom.scan import ScanLimits, SeriesInfo, modality_label, survey_study
 from triage.errors import SchemaError, TriageError
 from triage.events import (UNKNOWN_SOURCE, ErrorInfo, Finding, PriorityEvent, Source, Status, StudyEvent,
                            Timings, make_event_id, now_iso, parse_priority_event, to_dict)
 from triage.fetch import local_study
 from triage.inference.registry import ModelRegistry
 from triage.priority import Policy
-from triage.routing import Router
+from triage.routing import Route, Router
 from triage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,15 @@ class Pipeline:
     """Holds one process's models, rules and policy. Not thread-safe; one per process."""
 
     def __init__(self, registry: ModelRegistry, router: Router, policy: Policy, *,
-                 max_voxels: int, decode_threads: int = 2, fetch_timeout_s: float = 60.0):
+                 max_voxels: int, decode_threads: int = 2, fetch_timeout_s: float = 60.0,
+                 limits: ScanLimits | None = None):
         self.registry = registry
         self.router = router
         self.policy = policy
         self.max_voxels = max_voxels
         self.decode_threads = decode_threads
         self.fetch_timeout_s = fetch_timeout_s
+        self.limits = limits or ScanLimits(max_voxels=max_voxels)
         self._severities = {f.code: f.severity for m in registry.manifests.values() for f in m.findings}
         policy.check_severities({f"{m.name}/{f.code}": f.severity for m in registry.manifests.values()
                                  for f in m.findings})
@@ -59,39 +61,60 @@ class Pipeline:
         router = Router.from_file(settings.rules, {n: m.applies_to for n, m in registry.manifests.items()})
         return cls(registry, router, Policy.from_file(settings.policy),
                    max_voxels=settings.max_voxels, decode_threads=settings.decode_threads,
-                   fetch_timeout_s=settings.fetch_timeout_s)
+                   fetch_timeout_s=settings.fetch_timeout_s, limits=settings.scan_limits)
 
     def process(self, study: StudyEvent) -> Outcome:
+        """Score one study. Each series stands on its own: one that cannot be read or scored
+        is named in the reasons and the others go on; the study fails only when nothing was
+        scored and something was broken. One volume is held in memory at a time."""
         started = time.perf_counter()
         clock = {"decode": 0.0, "infer": 0.0, "score": 0.0}
         inputs = study.source.uri
+        notes: list[str] = []
         try:
             with local_study(study.source.uri, self.fetch_timeout_s) as folder:
                 t = time.perf_counter()
-                series = scan_study(folder)
-                inputs = _input_fingerprint(series)
-                routes = self.router.route(series)
-                volumes: dict[str, Volume] = {}
-                for route in routes:
-                    uid = route.series.series_instance_uid
-                    if uid not in volumes:
-                        volumes[uid] = decode_series(route.series, max_voxels=self.max_voxels,
-                                                     threads=self.decode_threads)
-                clock["decode"] = time.perf_counter() - t
-                t = time.perf_counter()
+                survey = survey_study(folder, self.limits)
+                notes = survey.notes
+                inputs = _input_fingerprint(survey.series)
+                routes = self.router.route(survey.series)
+                clock["decode"] += time.perf_counter() - t
+                failures: list[tuple[str, TriageError]] = list(survey.failed)
                 findings: list[Finding] = []
-                for route in routes:
-                    findings.extend(self.registry.infer(route.model, volumes[route.series.series_instance_uid]))
-                clock["infer"] = time.perf_counter() - t
+                scored = 0
+                for uid, series_routes in _by_series(routes).items():
+                    t = time.perf_counter()
+                    try:
+                        volume = decode_series(series_routes[0].series, max_voxels=self.max_voxels,
+                                               threads=self.decode_threads)
+                    except TriageError as exc:
+                        failures.append((uid, exc))
+                        continue
+                    finally:
+                        clock["decode"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    for route in series_routes:
+                        try:
+                            findings.extend(self.registry.infer(route.model, volume))
+                            scored += 1
+                        except TriageError as exc:
+                            failures.append((uid, exc))
+                    del volume
+                    clock["infer"] += time.perf_counter() - t
+            reasons = [f"series {uid} not read: {exc}" for uid, exc in failures] + _summarise(notes)
+            if not scored and failures:
+                error = failures[0][1]
+                log.warning("study %s failed: %s", study_ref(study.study_instance_uid), error)
+                return Outcome(self.failed_event(study, error, inputs, clock, started, reasons[1:]), error)
             t = time.perf_counter()
             if routes:
-                status, extra = Status.SCORED, []
+                status = Status.SCORED
             else:
-                modalities = ", ".join(sorted({s.modality or "?" for s in series}))
+                modalities = ", ".join(sorted({modality_label(s.modality) for s in survey.series}))
                 status = Status.NO_APPLICABLE_MODEL
-                extra = [f"no model applies to {len(series)} series ({modalities})"]
+                reasons.insert(0, f"no model applies to {len(survey.series)} series ({modalities})")
             priority = self.policy.score(findings, self._severities, study.requested_priority,
-                                         study.patient_class, extra)
+                                         study.patient_class, reasons)
             clock["score"] = time.perf_counter() - t
             event = self._event(study, status, priority, findings, None, inputs, clock, started)
             try:  # what came from the files (series UIDs) must not make an event consumers refuse
@@ -103,17 +126,18 @@ class Pipeline:
             error = exc
         except Exception as exc:  # a bug must not take the pool down: report it as a failed study
             log.debug("unexpected error", exc_info=True)
-            error = TriageError(f"internal error ({type(exc).__name__}: {str(exc)[:200]})")
+            error = TriageError(f"internal error ({type(exc).__name__})")
         log.warning("study %s failed: %s", study_ref(study.study_instance_uid), error)
-        return Outcome(self.failed_event(study, error, inputs, clock, started), error)
+        return Outcome(self.failed_event(study, error, inputs, clock, started, _summarise(notes)), error)
 
     def failed_event(self, study: StudyEvent | str, error: TriageError, inputs: str | None = None,
-                     clock: dict[str, float] | None = None, started: float | None = None) -> PriorityEvent:
+                     clock: dict[str, float] | None = None, started: float | None = None,
+                     extra_reasons: list[str] | None = None) -> PriorityEvent:
         """A ``failed`` event keeping the order's own priority; ``study`` may be a bare UID."""
         if isinstance(study, str):
             study = StudyEvent(study_instance_uid=study, source=Source(uri=UNKNOWN_SOURCE), received_at=now_iso())
         priority = self.policy.score([], {}, study.requested_priority, study.patient_class,
-                                     [f"triage failed ({error.kind}); read in order priority"])
+                                     [f"triage failed ({error.kind}); read in order priority", *(extra_reasons or [])])
         info = ErrorInfo(kind=error.kind, message=str(error))
         return self._event(study, Status.FAILED, priority, [], info, inputs or study.source.uri,
                            clock or {"decode": 0.0, "infer": 0.0, "score": 0.0},
@@ -131,6 +155,23 @@ class Pipeline:
             timings_ms=Timings(decode=round(clock["decode"] * 1e3, 2), infer=round(clock["infer"] * 1e3, 2),
                                score=round(clock["score"] * 1e3, 2), total=round(total * 1e3, 2)),
             produced_at=now_iso())
+
+
+_MAX_NOTES = 5
+
+
+def _summarise(notes: list[str]) -> list[str]:
+    """What was skipped, for the reasons: the first few, then a count."""
+    if len(notes) <= _MAX_NOTES:
+        return list(notes)
+    return notes[:_MAX_NOTES] + [f"and {len(notes) - _MAX_NOTES} more file(s) skipped"]
+
+
+def _by_series(routes: list[Route]) -> dict[str, list[Route]]:
+    out: dict[str, list[Route]] = {}
+    for route in routes:
+        out.setdefault(route.series.series_instance_uid, []).append(route)
+    return out
 
 
 def _input_fingerprint(series: list[SeriesInfo]) -> str:

@@ -65,6 +65,7 @@ def resample(array: np.ndarray, spacing_zyx: tuple[float, float, float],
         spacing_zyx = tuple(spacing)
     if tuple(array.shape) == tuple(shape):
         return np.asarray(array, dtype=np.float32)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's warnings go to stderr unasked
     image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
     image.SetSpacing((float(spacing_zyx[2]), float(spacing_zyx[1]), float(spacing_zyx[0])))
     size_xyz = (int(shape[2]), int(shape[1]), int(shape[0]))
@@ -95,9 +96,32 @@ def _average(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(out, 0, axis))  # contiguous, as ONNX Runtime wants
 
 
-def preprocess(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec: InputSpec) -> np.ndarray:
-    """Return the model input for one volume as float32 ``[1, 1, z, y, x]``."""
+def uniform_z(array: np.ndarray, z_positions: np.ndarray) -> tuple[np.ndarray, float]:
+    """Resample slices at the given positions (mm, increasing) onto an even grid at their
+    finest spacing, linearly between the two slices around each new one; returns the array
+    and its z spacing. A series whose spacing changes (sequential head CT) is read this way."""
+    positions = np.asarray(z_positions, dtype=np.float64)
+    extent = float(positions[-1] - positions[0])
+    step = float(np.min(np.diff(positions)))
+    n = max(2, int(round(extent / step)) + 1)
+    grid = positions[0] + np.arange(n) * (extent / (n - 1))
+    upper = np.clip(np.searchsorted(positions, grid, side="right"), 1, len(positions) - 1)
+    lower = upper - 1
+    weight = ((grid - positions[lower]) / (positions[upper] - positions[lower])).astype(np.float32)
+    out = np.empty((n, *array.shape[1:]), dtype=np.float32)
+    for k in range(n):
+        out[k] = array[lower[k]] * (1.0 - weight[k]) + array[upper[k]] * weight[k]
+    return out, extent / (n - 1)
+
+
+def preprocess(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec: InputSpec,
+               z_positions: np.ndarray | None = None) -> np.ndarray:
+    """Return the model input for one volume as float32 ``[1, 1, z, y, x]``. ``z_positions``:
+    the slices' positions when their spacing is not uniform (see :func:`uniform_z`)."""
     lower, upper = spec.window
+    if z_positions is not None:
+        array, z_spacing = uniform_z(array, z_positions)
+        spacing_zyx = (z_spacing, spacing_zyx[1], spacing_zyx[2])
     out = resample(array, spacing_zyx, spec.shape, spec.antialias)
     np.clip(out, lower, upper, out=out)
     if spec.normalise == "window":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from triage.dicom.scan import ScanLimits
 from triage.errors import ConfigError
 from triage.inference.backends import RuntimeOptions
 
@@ -19,7 +20,10 @@ class Settings:
     models_dir: Path | None = None  # None: the models/ folder of this checkout
     rules: Path | None = None  # None: triage/config/routing.yaml
     policy: Path | None = None  # None: triage/config/policy.yaml
-    max_voxels: int = 512 * 512 * 2000
+    max_voxels: int = 512 * 512 * 4000  # per series, and per file (frames x rows x columns x samples)
+    max_files: int = 20_000  # per study folder, counted before any is opened
+    max_study_bytes: int = 16 << 30  # per study folder, summed before any file is opened
+    max_inflated_bytes: int = 2 << 30  # a deflated dataset, once inflated
     decode_threads: int = 2
     providers: str = "auto"
     processes: int = 2
@@ -34,8 +38,8 @@ class Settings:
             raise ConfigError(f"providers must be auto, cpu or cuda, not {self.providers!r}")
         if self.processes < 1:
             raise ConfigError("processes must be at least 1")
-        if self.max_voxels < 1:
-            raise ConfigError("max_voxels must be positive")
+        if min(self.max_voxels, self.max_files, self.max_study_bytes, self.max_inflated_bytes) < 1:
+            raise ConfigError("max_voxels, max_files, max_study_bytes and max_inflated_bytes must be positive")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port {self.metrics_port} is out of range")
         if self.decode_threads < 1 or self.ort_threads < 0:
@@ -46,6 +50,11 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
                 raise ConfigError(f"{name.replace('_', ' ')} {value} does not exist")
+
+    @property
+    def scan_limits(self) -> ScanLimits:
+        return ScanLimits(max_files=self.max_files, max_bytes=self.max_study_bytes, max_voxels=self.max_voxels,
+                          max_inflated_bytes=self.max_inflated_bytes)
 
     @property
     def runtime(self) -> RuntimeOptions:

@@ -11,6 +11,7 @@ from pydicom.pixels import apply_modality_lut
 
 from tests.helpers import ref, write_series
 from triage.dicom import decode_series, scan_study
+from triage.dicom.scan import survey_study
 from triage.errors import (CorruptFileError, DecodeError, EmptyStudyError, MissingGeometryError,
                            MixedOrientationError, UnevenSpacingError, VolumeTooLargeError)
 
@@ -43,9 +44,18 @@ LOSSY = [
 
 
 def _decode_file(tmp_path, name):
+    """Decode one reference file. Several ship without any pixel spacing, which decode refuses
+    (never a silent 1 mm); those copies are given one, the pixel data left as it is."""
     folder = tmp_path / name.replace(".", "_")
     folder.mkdir()
-    shutil.copy(ref(name), folder / name)
+    ds = pydicom.dcmread(ref(name))
+    measured = any(v and min(float(x) for x in v) > 0 for v in (ds.get("PixelSpacing"), ds.get("ImagerPixelSpacing"))) \
+        or any("PixelMeasuresSequence" in g for g in ds.get("SharedFunctionalGroupsSequence", []))
+    if measured:
+        shutil.copy(ref(name), folder / name)
+    else:
+        ds.PixelSpacing = [0.5, 0.5]
+        ds.save_as(folder / name)
     (series,) = scan_study(folder)
     return decode_series(series)
 
@@ -114,18 +124,41 @@ def test_enhanced_ct_multiframe_geometry(tmp_path):
     assert vol.direction[:, 2] == pytest.approx(normal)
 
 
-def test_radiograph_is_one_slice_volume_with_monochrome1_inverted(tmp_path):
-    vol = _decode_file(tmp_path, "RG1_UNCR.dcm")
+def test_radiograph_is_one_slice_volume_with_monochrome1_inverted_on_its_declared_window(tmp_path):
+    vol = _decode_file(tmp_path, "RG1_UNCR.dcm")  # a real MONOCHROME1 CR, window 15000/30000
     ds = pydicom.dcmread(ref("RG1_UNCR.dcm"))
     assert vol.shape == (1, int(ds.Rows), int(ds.Columns))
     raw = ds.pixel_array.astype(np.float32)
-    assert np.array_equal(vol.array[0], raw.max() + raw.min() - raw)  # MONOCHROME1: bright is high after decode
+    assert np.array_equal(vol.array[0], 2 * 15000 - raw)  # bright is high, on the film's declared range
+
+
+def test_monochrome1_gives_the_same_numbers_whatever_the_image_holds(tmp_path):
+    """A film whose content changes (here: a bright marker burnt into one corner) must not
+    move every other pixel's value, as inverting on the image's own min and max did."""
+    def film(folder, marker):
+        ds = pydicom.dcmread(ref("RG1_UNCR.dcm"))
+        del ds.WindowCenter, ds.WindowWidth  # the BitsStored range (15 bits) then applies
+        ds.PixelSpacing = [0.2, 0.2]
+        arr = ds.pixel_array.copy()
+        if marker:
+            arr[:40, :40] = 0  # MONOCHROME1: 0 is the brightest
+        ds.PixelData = arr.tobytes()
+        folder.mkdir()
+        ds.save_as(folder / "cr.dcm")
+        (series,) = scan_study(folder)
+        return decode_series(series).array[0]
+
+    plain, marked = film(tmp_path / "a", False), film(tmp_path / "b", True)
+    assert np.array_equal(plain[100:, 100:], marked[100:, 100:])
+    assert marked[0, 0] == (1 << 15) - 1
 
 
 def test_several_series_in_one_study_and_non_images_skipped(tmp_path):
     study = tmp_path / "study"
     write_series(study / "ct", 4)
-    shutil.copy(ref("MR_small.dcm"), study / "mr.dcm")
+    mr = pydicom.dcmread(ref("MR_small.dcm"))
+    mr.StudyInstanceUID = pydicom.dcmread(study / "ct" / "slice000.dcm").StudyInstanceUID
+    mr.save_as(study / "mr.dcm")
     shutil.copy(ref("test-SR.dcm"), study / "report.dcm")
     shutil.copy(ref("liver_1frame.dcm"), study / "seg.dcm")
     series = scan_study(study)
@@ -148,27 +181,35 @@ def test_folder_with_only_a_report_has_no_image_series(tmp_path):
         scan_study(tmp_path / "sr")
 
 
-def test_not_a_dicom_file_is_named(tmp_path):
+def test_a_file_that_is_not_dicom_is_skipped_and_named(tmp_path):
     write_series(tmp_path / "s", 2)
     (tmp_path / "s" / "notes.txt").write_text("hello")
-    with pytest.raises(CorruptFileError, match=r"^notes\.txt: not a DICOM file"):
+    survey = survey_study(tmp_path / "s")
+    assert [s.n_slices for s in survey.series] == [2]
+    assert survey.notes == ["notes.txt: skipped, not a DICOM file (no DICM preamble)"]
+
+
+def test_only_files_that_are_not_dicom_is_a_corrupt_study_naming_the_first(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.txt").write_text("hello")
+    with pytest.raises(CorruptFileError, match=r"^a\.txt: not a DICOM file"):
         scan_study(tmp_path / "s")
 
 
-def test_truncated_header_is_named(tmp_path):
+def test_truncated_header_fails_its_series_and_is_named(tmp_path):
     write_series(tmp_path / "s", 3)
     path = tmp_path / "s" / "slice001.dcm"
     path.write_bytes(path.read_bytes()[:600])
-    with pytest.raises(CorruptFileError, match=r"^slice001\.dcm: "):
-        scan_study(tmp_path / "s")
+    survey = survey_study(tmp_path / "s")
+    named = [str(e) for _, e in survey.failed] + survey.notes
+    assert any(n.startswith("slice001.dcm: ") for n in named), named
 
 
-def test_truncated_pixel_data_is_named(tmp_path):
+def test_truncated_pixel_data_is_found_from_the_header(tmp_path):
     (tmp_path / "s").mkdir()
     shutil.copy(ref("MR_truncated.dcm"), tmp_path / "s" / "MR_truncated.dcm")
-    (series,) = scan_study(tmp_path / "s")
-    with pytest.raises(CorruptFileError, match=r"^MR_truncated\.dcm: pixel data is truncated"):
-        decode_series(series)
+    with pytest.raises(CorruptFileError, match=r"^MR_truncated\.dcm: pixel data length does not match"):
+        scan_study(tmp_path / "s")
 
 
 def test_missing_slice_position_is_named(tmp_path):
@@ -230,9 +271,8 @@ def test_huge_declared_dimensions_fail_on_budget_not_memory(tmp_path):
         ds.Columns = 60000
 
     write_series(tmp_path / "s", 2, mutate=huge)
-    (series,) = scan_study(tmp_path / "s")
-    with pytest.raises(VolumeTooLargeError):
-        decode_series(series)
+    with pytest.raises(VolumeTooLargeError, match="over the budget"):
+        scan_study(tmp_path / "s")
 
 
 def test_every_decode_error_is_one_family():

@@ -6,7 +6,7 @@ decoded by a small thread pool (the codecs release the GIL) that writes straight
 """
 from __future__ import annotations
 
-import os
+import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,14 +15,15 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from triage.dicom.scan import SeriesInfo
+from triage.dicom.scan import SeriesInfo, _int, quiet_pydicom, safe_name
 from triage.errors import (CorruptFileError, InconsistentSeriesError, MissingGeometryError,
                            MixedOrientationError, UnevenSpacingError, UnsupportedImageError,
                            VolumeTooLargeError)
 
 DEFAULT_MAX_VOXELS = 512 * 512 * 2000
 ORIENTATION_TOLERANCE = 1e-3
-SPACING_TOLERANCE = 0.05  # relative deviation from the median gap
+SPACING_TOLERANCE = 0.05  # relative deviation between gaps of one spacing
+TILT_TOLERANCE_DEG = 0.5
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Volume:
     direction: np.ndarray
     series_instance_uid: str
     modality: str
+    # Positions (mm, along the slice normal, from the first slice) when the spacing is not
+    # uniform, as in sequential head CT; preprocessing resamples on them. None: uniform.
+    z_positions: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -73,8 +77,7 @@ def _first(seq_parent: Dataset | None, seq: str) -> Dataset | None:
     return value[0] if value else None
 
 
-def _frame_geometry(ds: Dataset, file: int, rel: str) -> list[_Frame]:
-    n_frames = int(ds.get("NumberOfFrames") or 1)
+def _frame_geometry(ds: Dataset, file: int, rel: str, n_frames: int) -> list[_Frame]:
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None and len(per_frame) != n_frames:
@@ -104,17 +107,37 @@ def _frame_geometry(ds: Dataset, file: int, rel: str) -> list[_Frame]:
             sp = None
         thickness = lookup("PixelMeasuresSequence", "SliceThickness")
         try:
-            frames.append(_Frame(
+            frame = _Frame(
                 file=file, index=i,
                 position=_floats(position, 3) if position is not None else None,
                 orientation=_floats(orientation, 6) if orientation is not None else None,
                 slope=float(slope) if slope not in (None, "") else 1.0,
                 intercept=float(intercept) if intercept not in (None, "") else 0.0,
                 spacing_yx=(float(sp[0]), float(sp[1])) if sp is not None else None,
-                thickness=float(thickness) if thickness not in (None, "") else None))
+                thickness=None)
         except (TypeError, ValueError):
             raise CorruptFileError("unreadable rescale or geometry value", path=rel) from None
+        if not math.isfinite(frame.slope) or frame.slope == 0 or abs(frame.slope) > 1e6:
+            raise CorruptFileError("RescaleSlope is zero, not finite or beyond any scanner's range", path=rel)
+        if not math.isfinite(frame.intercept) or abs(frame.intercept) > 1e7:
+            raise CorruptFileError("RescaleIntercept is not finite or beyond any scanner's range", path=rel)
+        for value in (frame.position, frame.orientation):
+            if value is not None and not np.all(np.isfinite(value)):
+                raise MissingGeometryError("ImagePositionPatient or ImageOrientationPatient is not finite", path=rel)
+        if frame.orientation is not None and not _orthonormal(frame.orientation):
+            raise MissingGeometryError("ImageOrientationPatient is not two perpendicular unit vectors", path=rel)
+        try:
+            frame.thickness = float(thickness) if thickness not in (None, "") else None
+        except (TypeError, ValueError):
+            frame.thickness = None
+        frames.append(frame)
     return frames
+
+
+def _orthonormal(iop: np.ndarray) -> bool:
+    row, col = iop[:3], iop[3:]
+    return (abs(np.linalg.norm(row) - 1) < 0.01 and abs(np.linalg.norm(col) - 1) < 0.01
+            and abs(float(row @ col)) < 0.01)
 
 
 def _sort_frames(frames: list[_Frame], files: list[str],
@@ -149,20 +172,75 @@ def _sort_frames(frames: list[_Frame], files: list[str],
     direction = np.column_stack([row, col, normal])
     if len(frames) == 1:
         return frames, direction, float(frames[0].thickness or 1.0)
+    shear = _tilt_degrees(np.array([f.position for f in frames]), normal)
+    if shear > TILT_TOLERANCE_DEG:
+        raise UnsupportedImageError(f"gantry tilt of {shear:.1f} degrees (slices sheared along the normal); "
+                                    "tilted series are not resampled here", path=files[frames[-1].file])
     gaps = np.diff(positions)
-    median = float(np.median(gaps))
     if np.min(gaps) <= 1e-4:
         i = int(np.argmin(gaps))
         raise UnevenSpacingError(
             f"two slices at the same position ({positions[i]:.2f} mm along the normal)",
             path=files[frames[i + 1].file])
-    bad = np.abs(gaps - median) > max(SPACING_TOLERANCE * median, 0.01)
-    if np.any(bad):
-        i = int(np.argmax(bad))
+    median = float(np.median(gaps))
+    odd = _odd_gap(gaps)
+    if odd is not None:
         raise UnevenSpacingError(
-            f"gap of {gaps[i]:.2f} mm where the series spacing is {median:.2f} mm "
-            "(missing or extra slice)", path=files[frames[i + 1].file])
+            f"gap of {gaps[odd]:.2f} mm where the series spacing is {median:.2f} mm "
+            "(missing or extra slice)", path=files[frames[odd + 1].file])
     return frames, direction, median
+
+
+def _tilt_degrees(positions: np.ndarray, normal: np.ndarray) -> float:
+    """How far the line through the slice positions leans from the slice normal."""
+    step = positions[-1] - positions[0]
+    length = float(np.linalg.norm(step))
+    if length < 1e-6:
+        return 0.0
+    return math.degrees(math.acos(min(1.0, abs(float(step @ normal)) / length)))
+
+
+def _spacing_runs(gaps: np.ndarray) -> list[int]:
+    """A label per gap: gaps within the spacing tolerance of each other share one."""
+    labels, levels = [], []
+    for g in gaps:
+        for k, level in enumerate(levels):
+            if abs(g - level) <= max(SPACING_TOLERANCE * level, 0.01):
+                labels.append(k)
+                break
+        else:
+            levels.append(float(g))
+            labels.append(len(levels) - 1)
+    return labels
+
+
+def _odd_gap(gaps: np.ndarray) -> int | None:
+    """The first gap that is a missing or extra slice, or None.
+
+    A series may change spacing a few times, as sequential head CT does (e.g. 2.5 mm through
+    the posterior fossa, 5 mm above): each spacing then runs for two gaps or more, and a
+    single gap may bridge two runs when it lies between them. A lone gap unlike both of
+    its neighbours is a slice missing or inserted; more than three spacings is no design."""
+    labels = _spacing_runs(gaps)
+    if len(set(labels)) == 1:
+        return None
+    runs: list[tuple[int, int]] = []  # (label, start)
+    for i, label in enumerate(labels):
+        if not runs or runs[-1][0] != label:
+            runs.append((label, i))
+    if len(set(labels)) > 3:
+        return runs[1][1]
+    odd = []
+    for k, (label, start) in enumerate(runs):
+        end = runs[k + 1][1] if k + 1 < len(runs) else len(gaps)
+        if end - start > 1:
+            continue
+        if 0 < start and end < len(gaps):  # between two others: fine only as a step from one to the other
+            if not min(gaps[start - 1], gaps[end]) < gaps[start] < max(gaps[start - 1], gaps[end]):
+                odd.append(start)
+        elif labels.count(label) == 1:  # at an end, and like no other gap of the series
+            odd.append(start)
+    return min(odd) if odd else None
 
 
 def _spacing_between(headers: list[Dataset]) -> float | None:
@@ -187,24 +265,30 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
     """Decode ``series`` into a float32 :class:`Volume`.
 
     Raises a :class:`~triage.errors.DecodeError` subclass naming the file and the reason.
-    The voxel budget is checked before any pixel is allocated.
+    The voxel budget is checked before any per-frame work and before any pixel is allocated.
     """
-    files = series.files
-    frames: list[_Frame] = []
+    files = [safe_name(f) for f in series.files]
+    counts = []
     for i, ds in enumerate(series.headers):
-        if int(ds.get("Rows", 0)) != series.rows or int(ds.get("Columns", 0)) != series.columns:
-            raise InconsistentSeriesError(
-                f"{ds.get('Rows')}x{ds.get('Columns')} pixels where the series has "
-                f"{series.rows}x{series.columns}", path=files[i])
-        frames.extend(_frame_geometry(ds, i, files[i]))
-    n = len(frames)
+        rows, cols, n_frames = (_int(ds, k, d) for k, d in (("Rows", 0), ("Columns", 0), ("NumberOfFrames", 1)))
+        if (rows, cols) != (series.rows, series.columns):
+            raise InconsistentSeriesError(f"image size differs from the rest of the series "
+                                          f"({series.rows}x{series.columns})", path=files[i])
+        if n_frames is None or n_frames < 1:
+            raise CorruptFileError("NumberOfFrames is not a positive whole number", path=files[i])
+        counts.append(n_frames)
+    n = sum(counts)
     voxels = n * series.rows * series.columns
     if voxels > max_voxels:
         raise VolumeTooLargeError(
             f"series of {n}x{series.rows}x{series.columns} = {voxels:,} voxels is over the "
             f"budget of {max_voxels:,}", path=files[0])
+    frames: list[_Frame] = []
+    for i, ds in enumerate(series.headers):
+        frames.extend(_frame_geometry(ds, i, files[i], counts[i]))
     frames, direction, z_spacing = _sort_frames(frames, files, _spacing_between(series.headers))
-    spacing_yx = frames[0].spacing_yx or (1.0, 1.0)
+    spacing_yx = _pixel_spacing(frames, files)
+    z_positions = _z_positions(frames, direction)
     out = np.empty((n, series.rows, series.columns), dtype=np.float32)
     slots: dict[int, list[tuple[int, _Frame]]] = {}
     for z, f in enumerate(frames):
@@ -212,32 +296,36 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
 
     def decode_file(i: int) -> None:
         rel = files[i]
+        ds = series.headers[i]
+        offset = series.pixel_offsets[i] if i < len(series.pixel_offsets) else None
         try:
-            ds = series.headers[i]
-            arr = _read_native(series.root / rel, ds)
-            if arr is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(series.root / rel)
+            with quiet_pydicom():
+                arr = _read_native(series.root / series.files[i], ds, offset)
+                if arr is None:
+                    ds = pydicom.dcmread(series.root / series.files[i])
                     arr = ds.pixel_array
         except (NotImplementedError, RuntimeError) as exc:
-            raise UnsupportedImageError(f"cannot decode pixel data ({_short(exc)})", path=rel) from None
-        except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise CorruptFileError(f"pixel data is truncated or corrupt ({_short(exc)})", path=rel) from None
+            raise UnsupportedImageError(f"cannot decode pixel data ({type(exc).__name__})", path=rel) from None
+        except MemoryError:
+            raise CorruptFileError("pixel data too large to decode", path=rel) from None
+        except Exception as exc:  # any codec failure on a sender's bytes is that file's fault
+            raise CorruptFileError(f"pixel data is truncated or corrupt ({type(exc).__name__})", path=rel) from None
         arr = _to_gray(arr, ds)
-        n_frames = int(ds.get("NumberOfFrames") or 1)
-        if n_frames == 1:
+        if counts[i] == 1:
             arr = arr[np.newaxis]
-        if arr.shape[:3] != (n_frames, series.rows, series.columns):
-            raise CorruptFileError(f"pixel data has shape {arr.shape}, header says "
-                                   f"{n_frames}x{series.rows}x{series.columns}", path=rel)
-        invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        if arr.shape[:3] != (counts[i], series.rows, series.columns):
+            raise CorruptFileError(f"pixel data does not hold the {counts[i]}x{series.rows}x{series.columns} "
+                                   "the header declares", path=rel)
+        monochrome1 = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
         for z, f in slots[i]:
             plane = out[z]
             np.multiply(arr[f.index], f.slope, out=plane, casting="unsafe")
             plane += f.intercept
-            if invert:  # MONOCHROME1: low values are bright; flip so bright is high
-                np.subtract(plane.max() + plane.min(), plane, out=plane)
+            if monochrome1:  # low values are bright: flip on the declared range, never the image's own
+                np.subtract(_monochrome1_sum(ds, f.slope, f.intercept), plane, out=plane)
+            if not np.isfinite(plane).all():
+                raise CorruptFileError("pixel values are not finite after RescaleSlope and RescaleIntercept",
+                                       path=rel)
 
     if threads > 1 and len(slots) > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -250,43 +338,90 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
     origin = tuple(float(v) for v in first.position) if first.position is not None else (0.0, 0.0, 0.0)
     return Volume(array=out, spacing_zyx=(z_spacing, spacing_yx[0], spacing_yx[1]), origin=origin,
                   direction=direction, series_instance_uid=series.series_instance_uid,
-                  modality=series.modality)
+                  modality=series.modality, z_positions=z_positions)
+
+
+def _pixel_spacing(frames: list[_Frame], files: list[str]) -> tuple[float, float]:
+    """One in-plane spacing for the series: never a silent 1 mm, never two spacings."""
+    first = frames[0].spacing_yx
+    if first is None:
+        raise MissingGeometryError("no PixelSpacing (nor ImagerPixelSpacing) above zero", path=files[frames[0].file])
+    for f in frames:
+        if f.spacing_yx is None or any(abs(a - b) > 1e-3 * b for a, b in zip(f.spacing_yx, first)):
+            raise InconsistentSeriesError("PixelSpacing differs from the rest of the series, or is missing",
+                                          path=files[f.file])
+    return first
+
+
+def _z_positions(frames: list[_Frame], direction: np.ndarray) -> np.ndarray | None:
+    """Slice positions along the normal when the spacing is not uniform, else None."""
+    if len(frames) < 3 or any(f.position is None for f in frames):
+        return None
+    along = np.array([f.position @ direction[:, 2] for f in frames])
+    along -= along[0]
+    gaps = np.diff(along)
+    if np.all(np.abs(gaps - np.median(gaps)) <= np.maximum(SPACING_TOLERANCE * np.median(gaps), 0.01)):
+        return None
+    return along
+
+
+def _monochrome1_sum(ds: Dataset, slope: float, intercept: float) -> float:
+    """lo + hi of the range a MONOCHROME1 image declares, in output units: its window when it
+    has one, its VOI LUT's input range, else what BitsStored can hold. ``v -> sum - v``
+    then puts bright on high values, the same for every film of one kind."""
+    def first_number(value) -> float | None:
+        if value is None:
+            return None
+        try:
+            number = float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return number if math.isfinite(number) else None
+
+    centre, width = first_number(ds.get("WindowCenter")), first_number(ds.get("WindowWidth"))
+    if centre is not None and width is not None and width > 0:
+        return 2.0 * centre
+    lut = ds.get("VOILUTSequence")
+    if lut:
+        desc = lut[0].get("LUTDescriptor")
+        try:
+            entries, first = int(desc[0]) or 65536, int(desc[1])
+            return 2.0 * first + entries - 1
+        except (TypeError, ValueError, IndexError):
+            pass
+    stored = _int(ds, "BitsStored", 16) or 16
+    signed = _int(ds, "PixelRepresentation", 0) == 1
+    lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    return (lo + hi) * slope + 2.0 * intercept
 
 
 _NATIVE_LE = {"1.2.840.10008.1.2": 8, "1.2.840.10008.1.2.1": 12}  # implicit, explicit VR little endian
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 
 
-def _read_native(path, ds: Dataset) -> np.ndarray | None:
+def _read_native(path, ds: Dataset, offset: int | None) -> np.ndarray | None:
     """Read uncompressed little-endian grey pixels straight from the file, or None.
 
-    The header (already parsed) gives the layout; the pixel element must be the file's last
-    element, which is checked against its tag and length. Anything else goes to pydicom."""
+    ``offset`` is where the header parse stopped, at the pixel element; its tag and length
+    are checked against the layout the header declares. Anything else goes to pydicom."""
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     head_len = _NATIVE_LE.get(ts)
-    bits, signed = int(ds.get("BitsAllocated", 0)), int(ds.get("PixelRepresentation", 0))
-    if head_len is None or int(ds.get("SamplesPerPixel", 1)) != 1 or bits not in (8, 16):
+    bits, signed = _int(ds, "BitsAllocated", 0), _int(ds, "PixelRepresentation", 0)
+    if offset is None or head_len is None or _int(ds, "SamplesPerPixel", 1) != 1 or bits not in (8, 16):
         return None
-    frames, rows, cols = int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns)
+    frames, rows, cols = _int(ds, "NumberOfFrames", 1), _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     count = frames * rows * cols
     nbytes = count * bits // 8
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        for length in (nbytes, nbytes + (nbytes & 1)):  # odd lengths are padded to even
-            offset = size - length
-            if offset < head_len:
-                continue
-            f.seek(offset - head_len)
-            head = f.read(head_len)
-            if head[:4] == _PIXEL_TAG and int.from_bytes(head[-4:], "little") == length:
-                f.seek(offset)
-                arr = np.fromfile(f, dtype=("<i" if signed else "<u") + str(bits // 8), count=count)
-                break
-        else:
+        f.seek(offset)
+        head = f.read(head_len)
+        length = int.from_bytes(head[-4:], "little")
+        if head[:4] != _PIXEL_TAG or length not in (nbytes, nbytes + (nbytes & 1)):
             return None
+        arr = np.fromfile(f, dtype=("<i" if signed else "<u") + str(bits // 8), count=count)
     if arr.size != count:
         return None
-    stored = int(ds.get("BitsStored", bits))
+    stored = _int(ds, "BitsStored", bits) or bits
     if stored < bits:  # drop bits above BitsStored, sign-extending signed values
         shift = bits - stored
         arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)

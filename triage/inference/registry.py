@@ -84,7 +84,7 @@ class ModelRegistry:
     def infer(self, name: str, volume: Volume) -> list[Finding]:
         """Run one model on one decoded series; one :class:`Finding` per manifest finding."""
         m = self.manifests[name]
-        x = preprocess(volume.array, volume.spacing_zyx, m.input)
+        x = preprocess(volume.array, volume.spacing_zyx, m.input, volume.z_positions)
         started = time.perf_counter()
         out = self.session(name).run(x)
         log.debug("model %s ran in %.1f ms", name, (time.perf_counter() - started) * 1e3)
