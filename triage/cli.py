@@ -62,6 +62,7 @@ def _folder_study_uid(folder: Path) -> str:
     import hashlib
 
     from triage.dicom.scan import list_files, read_header
+    from triage.events import is_uid
 
     if folder.is_dir():
         try:
@@ -71,9 +72,9 @@ def _folder_study_uid(folder: Path) -> str:
         for rel in files:
             try:
                 uid = str(read_header(folder, rel)[0].get("StudyInstanceUID", ""))
-            except TriageError:
+            except Exception:  # any header that cannot give a UID: try the next, else derive one
                 continue
-            if uid:
+            if is_uid(uid):
                 return uid
     return "2.25." + str(int(hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:30], 16))
 

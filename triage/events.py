@@ -341,6 +341,11 @@ def parse_study_event(raw: str | bytes | dict[str, Any]) -> StudyEvent:
     return _load(raw, STUDY_SCHEMA, StudyEvent)
 
 
+def is_uid(value: Any) -> bool:
+    """Whether ``value`` is a UID as events carry them (see ``_UID``)."""
+    return isinstance(value, str) and re.fullmatch(_UID, value) is not None
+
+
 def salvage_study_event(raw: str | bytes | None) -> StudyEvent | None:
     """What can be read of an event that failed validation: its StudyInstanceUID and, where
     each is valid on its own, the order's fields (so a ``failed`` event keeps a STAT order's

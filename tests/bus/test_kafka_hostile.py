@@ -97,15 +97,19 @@ def test_poison_messages_never_stop_a_partition_nor_its_next_owner(pool, studies
     assert host.stop() == 0 and second.stop() == 0
 
 
-def test_a_named_pipe_and_a_silent_dicomweb_server_time_out(pool, studies, wado, tmp_path):
+def test_a_silent_dicomweb_server_times_out_and_a_named_pipe_is_skipped(pool, studies, wado, tmp_path):
     fifo = tmp_path / "fifo"
-    write_series(fifo, 2)
-    os.mkfifo(fifo / "slice999.dcm")
-    pool.submit([("1.2.826.0.1.910.1", fifo.as_uri()), ("1.2.826.0.1.910.2", wado.uri("hang"))])
+    write_series(fifo, 4)
+    os.mkfifo(fifo / "slice999.dcm")  # opening it would block forever: it is never opened
+    pool.submit([("1.2.826.0.1.910.1", fifo.as_uri()), ("1.2.826.0.1.910.2", wado.uri("hang")),
+                 ("1.2.826.0.1.910.3", wado.uri("hang"))])
     pool.submit([("1.2.826.0.1.910.9", (studies / "ct4").as_uri())])
     host = pool.start_host(processes=2, extra=["--study-deadline", "6"])
-    events = pool.wait_for({"1.2.826.0.1.910.1", "1.2.826.0.1.910.2", "1.2.826.0.1.910.9"}, timeout=120)
-    for uid in ("1.2.826.0.1.910.1", "1.2.826.0.1.910.2"):
+    uids = {"1.2.826.0.1.910.1", "1.2.826.0.1.910.2", "1.2.826.0.1.910.3", "1.2.826.0.1.910.9"}
+    events = pool.wait_for(uids, timeout=120)
+    (piped,) = events["1.2.826.0.1.910.1"]
+    assert piped["status"] == "scored" and "slice999.dcm: skipped, not a regular file" in piped["priority"]["reasons"]
+    for uid in ("1.2.826.0.1.910.2", "1.2.826.0.1.910.3"):
         (event,) = events[uid]
         assert (event["status"], event["error"]["kind"]) == ("failed", "timeout"), event
         assert "6 s deadline" in event["error"]["message"]

@@ -78,7 +78,8 @@ def test_poison_message_goes_to_dlq_and_pool_goes_on(tmp_path, settings):
 def test_corrupt_study_gets_failed_event_and_dlq_entry(tmp_path, settings):
     broker = MemoryBroker(partitions=1)
     write_series(tmp_path / "bad", 4)
-    (tmp_path / "bad" / "slice001.dcm").write_bytes(b"garbage")
+    cut = tmp_path / "bad" / "slice001.dcm"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 3])  # a transfer that broke off
     broker.produce("triage.studies", b"1.2.5", _event("1.2.5", tmp_path / "bad"))
     (event,) = _run(settings, broker, 1)
     assert event.status.value == "failed" and event.error.kind == "corrupt_file"
@@ -191,17 +192,22 @@ def test_unknown_fields_and_uids_with_letters_are_scored(tmp_path, settings):
 
 
 def test_a_hung_study_times_out_and_the_pool_goes_on(tmp_path, settings):
+    from tests.helpers import StudyServer
     from triage import metrics
 
     broker = MemoryBroker(partitions=1)
-    write_series(tmp_path / "fifo", 2)
-    os.mkfifo(tmp_path / "fifo" / "slice999.dcm")  # opening it blocks forever
     write_series(tmp_path / "s", 4)
-    broker.produce("triage.studies", b"1.2.14", _event("1.2.14", tmp_path / "fifo"))
-    broker.produce("triage.studies", b"1.2.15", _event("1.2.15", tmp_path / "s"))
-    timeouts = metrics.TIMEOUTS._value.get()
-    quick = Settings(models_dir=settings.models_dir, rules=settings.rules, processes=1, study_deadline_s=4)
-    events = {e.study_instance_uid: e for e in _run(quick, broker, 2)}
+    server = StudyServer(tmp_path)  # "hang": accepts the request, never answers
+    try:
+        doc = json.loads(_event("1.2.14", tmp_path / "s"))
+        doc["source"]["uri"] = server.uri("hang")
+        broker.produce("triage.studies", b"1.2.14", json.dumps(doc).encode())
+        broker.produce("triage.studies", b"1.2.15", _event("1.2.15", tmp_path / "s"))
+        timeouts = metrics.TIMEOUTS._value.get()
+        quick = Settings(models_dir=settings.models_dir, rules=settings.rules, processes=1, study_deadline_s=4)
+        events = {e.study_instance_uid: e for e in _run(quick, broker, 2)}
+    finally:
+        server.close()
     assert events["1.2.14"].status.value == "failed" and events["1.2.14"].error.kind == "timeout"
     assert events["1.2.15"].status.value == "scored"
     assert dict(_dlq_by_kind(broker)["timeout"].headers)["original.offset"] == b"0"

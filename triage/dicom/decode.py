@@ -94,18 +94,25 @@ def _frame_geometry(ds: Dataset, file: int, rel: str, n_frames: int) -> list[_Fr
                     return item.get(attr)
             return ds.get(attr)
 
-        position = lookup("PlanePositionSequence", "ImagePositionPatient")
-        orientation = lookup("PlaneOrientationSequence", "ImageOrientationPatient")
-        slope = lookup("PixelValueTransformationSequence", "RescaleSlope")
-        intercept = lookup("PixelValueTransformationSequence", "RescaleIntercept")
+        try:
+            position = lookup("PlanePositionSequence", "ImagePositionPatient")
+            orientation = lookup("PlaneOrientationSequence", "ImageOrientationPatient")
+            slope = lookup("PixelValueTransformationSequence", "RescaleSlope")
+            intercept = lookup("PixelValueTransformationSequence", "RescaleIntercept")
+            spacings = (lookup("PixelMeasuresSequence", "PixelSpacing"), ds.get("ImagerPixelSpacing"),
+                        ds.get("NominalScannedPixelSpacing"))
+        except Exception:  # pydicom could not convert a value: the sender's text is never echoed
+            raise CorruptFileError("unreadable rescale or geometry value", path=rel) from None
         sp = None
-        for spacing in (lookup("PixelMeasuresSequence", "PixelSpacing"),
-                        ds.get("ImagerPixelSpacing"), ds.get("NominalScannedPixelSpacing")):
+        for spacing in spacings:
             sp = _floats(spacing, 2) if spacing is not None else None
             if sp is not None and np.all(sp > 0):
                 break  # some writers store 0\0 when the spacing is unknown
             sp = None
-        thickness = lookup("PixelMeasuresSequence", "SliceThickness")
+        try:
+            thickness = lookup("PixelMeasuresSequence", "SliceThickness")
+        except Exception:
+            thickness = None
         try:
             frame = _Frame(
                 file=file, index=i,

@@ -29,6 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from triage.events import is_uid
 from triage.errors import (CorruptFileError, DecodeError, EmptyStudyError, MixedStudiesError, StudyTooLargeError,
                            TriageError, UnsupportedImageError, VolumeTooLargeError)
 
@@ -201,9 +202,12 @@ def _check_inflated_size(fp, limits: ScanLimits, name: str) -> None:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     size = 0
     try:
-        while chunk := fp.read(1 << 20):
-            while chunk:
-                size += len(inflater.decompress(chunk, 1 << 20))
+        while not inflater.eof and (chunk := fp.read(1 << 20)):
+            while chunk and not inflater.eof:
+                out = inflater.decompress(chunk, 1 << 20)
+                if not out and inflater.unconsumed_tail == chunk:
+                    break  # no progress: a broken stream, which pydicom reports
+                size += len(out)
                 chunk = inflater.unconsumed_tail
                 if size > limits.max_inflated_bytes:
                     raise CorruptFileError(f"deflated dataset inflates past {limits.max_inflated_bytes:,} bytes",
@@ -224,14 +228,22 @@ def _depth(ds: Dataset) -> int:
     return deepest
 
 
+def _get(ds: Dataset, keyword: str):
+    """A tag's value, or None when pydicom cannot even convert it (the text is never echoed)."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
 def _int(ds: Dataset, keyword: str, default: int) -> int | None:
     """An integer tag, or None when it holds something else (never echoed)."""
-    value = ds.get(keyword)
-    if value in (None, ""):
-        return default
     try:
+        value = ds.get(keyword)
+        if value in (None, ""):
+            return default
         number = float(value)
-    except (TypeError, ValueError):
+    except Exception:
         return None
     return int(number) if math.isfinite(number) and number == int(number) else None
 
@@ -261,12 +273,12 @@ def is_contrast(agent, has_sequence: bool, route, description) -> bool:
 
 
 def _contrast(ds: Dataset) -> bool:
-    return is_contrast(ds.get("ContrastBolusAgent"), bool(ds.get("ContrastBolusAgentSequence")),
-                       ds.get("ContrastBolusRoute"), ds.get("SeriesDescription"))
+    return is_contrast(_get(ds, "ContrastBolusAgent"), bool(_get(ds, "ContrastBolusAgentSequence")),
+                       _get(ds, "ContrastBolusRoute"), _get(ds, "SeriesDescription"))
 
 
 def _thickness(ds: Dataset) -> float | None:
-    value = ds.get("SliceThickness")
+    value = _get(ds, "SliceThickness")
     if value in (None, ""):
         shared = ds.get("SharedFunctionalGroupsSequence")
         try:
@@ -371,10 +383,18 @@ def survey_study(root: str | Path, limits: ScanLimits = ScanLimits()) -> StudySc
             reason = str(exc).split(": ", 1)[-1]
             notes.append(f"{name}: skipped, {reason}")
             continue
-        modality = str(ds.get("Modality", "") or "").upper()
+        modality = str(_get(ds, "Modality") or "").upper()
         has_rows = "Rows" in ds
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        uid = str(_get(ds, "SeriesInstanceUID") or "")
+        if not has_rows and not _get(ds, "SOPClassUID") and not modality:
+            notes.append(f"{name}: skipped, a DICOM file with no SOP class, modality or image (garbage after "
+                         "its preamble?)")
+            continue
         if (not has_rows and not _is_image_class(ds)) or modality in NON_IMAGE_MODALITIES:
+            continue
+        if uid and not is_uid(uid):
+            unreadable.append(CorruptFileError("SeriesInstanceUID is not a UID", path=name))
+            notes.append(f"{name}: skipped, SeriesInstanceUID is not a UID")
             continue
         if not uid or not has_rows:
             broken = CorruptFileError("image object whose header ends before its series and pixel description "
@@ -383,14 +403,14 @@ def survey_study(root: str | Path, limits: ScanLimits = ScanLimits()) -> StudySc
             unreadable.append(broken)
             notes.append(f"{name}: skipped, {str(broken).split(': ', 1)[-1]}")
             continue
-        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        study_uid = str(_get(ds, "StudyInstanceUID") or "")
         if study_uid:
             studies.setdefault(study_uid, name)
             if len(studies) > 1:
                 first = next(iter(studies.values()))
                 raise MixedStudiesError(f"holds a second study beside that of {first}; one folder is one study",
                                         path=name)
-        sop = str(ds.get("SOPInstanceUID", "") or "")
+        sop = str(_get(ds, "SOPInstanceUID") or "")
         if sop:
             digest = hashlib.sha256((root / rel).read_bytes()).hexdigest() if sop in seen else ""
             if sop in seen:
@@ -415,8 +435,8 @@ def survey_study(root: str | Path, limits: ScanLimits = ScanLimits()) -> StudySc
         if info is None:
             info = series[uid] = SeriesInfo(
                 series_instance_uid=uid, modality=modality,
-                body_part=str(ds.get("BodyPartExamined", "") or "").upper(),
-                description=str(ds.get("SeriesDescription", "") or ""),
+                body_part=str(_get(ds, "BodyPartExamined") or "").upper(),
+                description=str(_get(ds, "SeriesDescription") or ""),
                 contrast=_contrast(ds), slice_thickness=_thickness(ds), n_slices=0,
                 rows=_int(ds, "Rows", 0), columns=_int(ds, "Columns", 0), root=root)
         info.files.append(rel)
