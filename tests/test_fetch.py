@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+import pydicom
 import pytest
 
 from tests.helpers import StudyServer, ref
@@ -14,8 +15,10 @@ from triage.fetch import local_study
 @pytest.fixture
 def wado(tmp_path):
     (tmp_path / "study").mkdir()
-    shutil.copy(ref("MR_small.dcm"), tmp_path / "study")
     shutil.copy(ref("CT_small.dcm"), tmp_path / "study")
+    mr = pydicom.dcmread(ref("MR_small.dcm"))  # one study: the MR series joins the CT's study
+    mr.StudyInstanceUID = pydicom.dcmread(ref("CT_small.dcm")).StudyInstanceUID
+    mr.save_as(tmp_path / "study" / "MR_small.dcm")
     server = StudyServer(tmp_path)
     yield server
     server.close()

@@ -27,31 +27,40 @@ def _phi_values() -> set[str]:
     return values
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_demo_outputs_carry_no_patient_identifiers(tmp_path):
     phi = _phi_values()
     assert "CompressedSamples^CT1" in phi and "CQ500-CT-310" in phi  # the test would catch them
-    proc = subprocess.Popen([sys.executable, "-m", "triage.cli", "-v", "demo", "--out", str(tmp_path / "out"),
-                             "--metrics-port", "0", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    port = _free_port()
+    # the demo as a user runs it, then its own /metrics, scraped before the process ends
+    proc = subprocess.Popen([sys.executable, "-c", f"""
+import sys, urllib.request
+from triage.cli import main
+rc = main(["-v", "demo", "--out", r"{tmp_path / 'out'}", "--metrics-port", "{port}", "--no-progress"])
+print("=== metrics ===")
+print(urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+sys.exit(rc)
+"""], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr
+    stdout, exposition = stdout.split("=== metrics ===")
+    assert "triage_studies_total" in exposition
     events = (tmp_path / "out" / "priority-events.jsonl").read_text()
     assert events.count("\n") == len(SAMPLES)
-    from triage import metrics
-    from prometheus_client import generate_latest
-
-    exposition = generate_latest(metrics.REGISTRY).decode()
     for name, text in (("stdout", stdout), ("stderr/logs", stderr), ("events", events), ("metrics", exposition)):
         for value in phi:
             assert value not in text, f"{value!r} leaked into {name}"
 
 
 def test_metrics_endpoint_serves_pipeline_metrics_without_phi(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time, urllib.request
 from pathlib import Path

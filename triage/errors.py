@@ -14,11 +14,18 @@ log and to publish (no PHI).
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` fit for one line of a log or an event: control characters escaped (a sender's
+    file name may hold a newline or a terminal escape)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 class TriageError(Exception):
     kind = "internal"
     retriable = False
 
     def __init__(self, message: str, *, path: str | None = None):
+        path = printable(path) if path else path
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
 

@@ -55,7 +55,8 @@ def _retrieve(url: str, dest: Path, timeout: float) -> None:
             raise SourceUnavailableError(f"DICOMweb server answered {exc.code}") from None
         raise SourceError(f"DICOMweb server answered {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise SourceUnavailableError(f"DICOMweb server not reachable ({getattr(exc, 'reason', exc)})") from None
+        reason = getattr(exc, "reason", exc)
+        raise SourceUnavailableError(f"DICOMweb server not reachable ({type(reason).__name__})") from None
     parts = split_multipart(body, content_type)
     if not parts:
         raise SourceError("DICOMweb answer held no DICOM parts")

@@ -167,9 +167,8 @@ def _sort_frames(frames: list[_Frame], files: list[str],
     ref = frames[0].orientation
     for f in frames:
         if np.max(np.abs(f.orientation - ref)) > ORIENTATION_TOLERANCE:
-            raise MixedOrientationError(
-                f"orientation {np.round(f.orientation, 3).tolist()} differs from "
-                f"{np.round(ref, 3).tolist()} of {files[frames[0].file]}", path=files[f.file])
+            raise MixedOrientationError(f"orientation differs from that of {files[frames[0].file]}",
+                                        path=files[f.file])
     row, col = ref[:3], ref[3:]
     normal = np.cross(row, col)
     positions = np.array([f.position @ normal for f in frames])

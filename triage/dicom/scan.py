@@ -32,6 +32,7 @@ from pydicom.errors import InvalidDicomError
 from triage.events import is_uid
 from triage.errors import (CorruptFileError, DecodeError, EmptyStudyError, MixedStudiesError, StudyTooLargeError,
                            TriageError, UnsupportedImageError, VolumeTooLargeError)
+from triage.errors import printable as safe_name
 
 # Objects that carry no image volume to triage: reports, segmentations, presentation
 # states, key-object selections, radiotherapy objects, waveforms, documents.
@@ -101,11 +102,6 @@ class StudyScan:
     series: list[SeriesInfo]
     failed: list[tuple[str, TriageError]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def safe_name(rel: str) -> str:
-    """A file name fit for one line of a log or an event: control characters escaped."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in rel)
 
 
 def modality_label(modality: str) -> str:

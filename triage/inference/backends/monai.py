@@ -43,7 +43,7 @@ class TorchSession:
             with torch.inference_mode():
                 result = self._module(torch.from_numpy(x).to(self._device))
         except RuntimeError as exc:
-            raise InferenceError(f"torch failed ({str(exc).splitlines()[0][:200]})") from None
+            raise InferenceError(f"torch failed ({type(exc).__name__})") from None
         if isinstance(result, torch.Tensor):
             result = (result,)
         return {name: t.detach().cpu().numpy() for name, t in zip(self._outputs, result) if name}

@@ -55,7 +55,7 @@ class OnnxSession:
         try:
             values = self._session.run(self._outputs, {self._input: x})
         except Exception as exc:
-            raise InferenceError(f"ONNX Runtime failed ({str(exc).splitlines()[0][:200]})") from None
+            raise InferenceError(f"ONNX Runtime failed ({type(exc).__name__})") from None
         return dict(zip(self._outputs, values))
 
 
