@@ -37,3 +37,9 @@ def test_inconsistent_settings_are_refused(env, message):
 def test_bootstrap_is_required():
     with pytest.raises(ConfigError, match="no Kafka bootstrap servers"):
         KafkaConfig.load({})
+
+
+def test_the_sasl_password_never_appears_in_the_settings_repr():
+    config = KafkaConfig(bootstrap="127.0.0.1:9092", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                         sasl_username="triage", sasl_password="s3cret-Pa55")
+    assert "s3cret-Pa55" not in repr(config) and "s3cret-Pa55" not in str(config)

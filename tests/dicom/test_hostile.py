@@ -188,6 +188,10 @@ def modality_holds_the_id(d):
     _series(d, 2, mutate=lambda i, ds: setattr(ds, "Modality", PID))
 
 
+def body_part_holds_the_name(d):
+    _series(d, 2, mutate=lambda i, ds: setattr(ds, "BodyPartExamined", NAME))
+
+
 def frames_holds_the_id(d):
     _series(d, 2, mutate=lambda i, ds: _set_raw(ds, "NumberOfFrames", PID))
 
@@ -249,6 +253,8 @@ CASES = {
     "garbage JPEG 2000": (garbage_jpeg2000, "failed", "corrupt_file", "j2k.dcm", None, {}),
     "newline and escape in a name": (hostile_name, "scored", None, None, "evil\\x0a\\x1b[2Jname.dcm: skipped", {}),
     "Modality holds the patient ID": (modality_holds_the_id, "no_applicable_model", None, None, "(other)", {}),
+    "BodyPartExamined holds the patient name": (body_part_holds_the_name, "no_applicable_model", None, None,
+                                                "no model applies to 1 series (CT)", {}),
     "NumberOfFrames holds the patient ID": (frames_holds_the_id, "failed", "corrupt_file", "slice000.dcm", None, {}),
     "patient name in the UIDs": (name_in_the_uids, "failed", "corrupt_file", "slice000.dcm", None, {}),
     "sequential head CT, two spacings": (sequential_spacing, "scored", None, None, None, {}),
@@ -387,16 +393,23 @@ def test_worker_logs_and_dlq_headers_carry_no_identifier_of_a_hostile_study(tmp_
     handler = logging.FileHandler(log_file)
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
+    workers_log = open(tmp_path / "workers.log", "w")
+    saved_stderr = os.dup(2)
+    os.dup2(workers_log.fileno(), 2)  # the worker processes inherit it: their log lines land here
     try:
         events = []
         host = Host(MemorySource(broker), MemorySink(broker), WorkerPool(settings, 1), Pipeline.from_settings(settings),
                     options=HostOptions(), on_event=events.append)
         host.run(until=lambda: len(events) >= 3)
     finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        workers_log.close()
         logging.getLogger().removeHandler(handler)
+    assert "[worker " in (tmp_path / "workers.log").read_text()  # the workers' own lines were captured
     dlq = broker.messages("triage.dlq")
     assert dlq, "the failed study was dead-lettered"
-    texts = [log_file.read_text()] + [repr(m.headers) for m in dlq] + [m.value.decode() for m in
+    texts = [log_file.read_text(), (tmp_path / "workers.log").read_text()] + [repr(m.headers) for m in dlq] + [m.value.decode() for m in
                                                                      broker.messages("triage.priority")]
     for text in texts:
         for value in PHI:
