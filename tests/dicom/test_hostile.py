@@ -414,3 +414,21 @@ def test_worker_logs_and_dlq_headers_carry_no_identifier_of_a_hostile_study(tmp_
     for text in texts:
         for value in PHI:
             assert value not in text
+
+
+def test_a_huge_element_in_the_header_stays_on_disk(tmp_path):
+    import tracemalloc
+
+    from triage.dicom.scan import read_header
+
+    _series(tmp_path / "s", 1)
+    path = tmp_path / "s" / "slice000.dcm"
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00291010, "OB", b"\x01" * (32 << 20))
+    ds.save_as(path)
+    tracemalloc.start()
+    header, offset = read_header(tmp_path / "s", "slice000.dcm")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20  # the 32 MiB value was not read
+    assert offset > 32 << 20 and path.read_bytes()[offset:offset + 4] == b"\xe0\x7f\x10\x00"

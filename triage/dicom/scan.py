@@ -164,8 +164,9 @@ def read_header(root: Path, rel: str, limits: ScanLimits = ScanLimits()) -> tupl
     with quiet_pydicom():
         try:
             with open(path, "rb") as fp:
-                _check_inflated_size(fp, limits, name)
-                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                deflated = _check_inflated_size(fp, limits, name)
+                # values over 1 MiB stay on disk until asked for (a private element may claim gigabytes)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=None if deflated else 1 << 20)
                 offset = fp.tell()
         except InvalidDicomError:
             raise CorruptFileError("not a DICOM file (no DICM preamble)", path=name) from None
@@ -182,19 +183,19 @@ def read_header(root: Path, rel: str, limits: ScanLimits = ScanLimits()) -> tupl
     return ds, offset
 
 
-def _check_inflated_size(fp, limits: ScanLimits, name: str) -> None:
+def _check_inflated_size(fp, limits: ScanLimits, name: str) -> bool:
     """A deflated dataset is inflated here in bounded chunks, and counted, before pydicom
-    inflates it whole into memory."""
+    inflates it whole into memory. Returns whether the file is deflated."""
     head = fp.read(144)
     fp.seek(0)
     if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
-        return
+        return False
     meta_end = 144 + int.from_bytes(head[140:144], "little")  # (0002,0000) group length, explicit VR LE
     fp.seek(144)
     meta = fp.read(max(0, meta_end - 144))
     if _DEFLATED.encode() not in meta:
         fp.seek(0)
-        return
+        return False
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     size = 0
     try:
@@ -211,6 +212,7 @@ def _check_inflated_size(fp, limits: ScanLimits, name: str) -> None:
     except zlib.error:
         pass  # pydicom reports the broken stream
     fp.seek(0)
+    return True
 
 
 def _depth(ds: Dataset) -> int:
@@ -218,9 +220,9 @@ def _depth(ds: Dataset) -> int:
     while stack:
         item, depth = stack.pop()
         deepest = max(deepest, depth)
-        for elem in item:
-            if elem.VR == "SQ" and elem.value:
-                stack.extend((child, depth + 1) for child in elem.value)
+        for tag in list(item.keys()):  # raw elements: a deferred value is never loaded to look at it
+            if item.get_item(tag, keep_deferred=True).VR == "SQ" and item[tag].value:
+                stack.extend((child, depth + 1) for child in item[tag].value)
     return deepest
 
 
