@@ -94,8 +94,9 @@ class Source:
 
 @dataclass(frozen=True)
 class StudyEvent:
-    """A study that has arrived and waits for triage (topic ``triage.studies``). Fields this
-    version does not know are ignored, so a newer producer's additions never fail a study."""
+    """A study that has arrived and waits for triage (topic ``triage.studies``), as UTF-8 JSON of
+    at most 1 MiB. Fields this version does not know are ignored, so a newer producer's
+    additions never fail a study."""
 
     OPEN: ClassVar[bool] = True
     study_instance_uid: str = field(metadata=_meta("DICOM StudyInstanceUID; also the Kafka key", pattern=_UID, maxLength=64))
