@@ -102,6 +102,9 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
                       "operating_points": {k: float(v["threshold"]) for k, v in result["operating_points"].items()},
                       "calibration": result.get("platt", {"a": 1.0, "b": 0.0})}],
         "operating_point": "default",
+        # A model that misses any target of its config is registered in shadow: it runs and is
+        # recorded, and never moves a priority. An ML engineer promotes it by editing this line.
+        "mode": "shadow" if any(not t["met"] for t in result.get("targets") or []) else "live",
     }
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     op = result["operating_points"]["default"]

@@ -144,3 +144,80 @@ def test_the_configuration_part_of_event_ids_is_the_same_in_every_process():
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
     assert len(ids) == 1
+
+
+def _shadow_setup(root, *, by):
+    """A live model that reads this CT as negative, and a critical one that reads it as positive,
+    marked shadow by its manifest or by the routing rule."""
+    import yaml
+
+    models = root / "models"
+    make_model_dir(models, "quiet", window=(0, 20000), shape=(4, 64, 64), severity="high", threshold=0.9)
+    loud = make_model_dir(models, "loud", window=(0, 2000), shape=(4, 64, 64), severity="critical")
+    rule = {"name": "ct", "match": {"modality": "CT"}, "models": ["quiet", "loud"]}
+    if by == "manifest":
+        doc = yaml.safe_load((loud / "manifest.yaml").read_text())
+        doc["mode"] = "shadow"
+        (loud / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    elif by == "rule":
+        rule["shadow"] = ["loud"]
+    else:
+        shutil.rmtree(loud)
+        rule["models"] = ["quiet"]
+    return Pipeline.from_settings(Settings(models_dir=models, rules=rules_file(root / "rules.yaml", [rule])))
+
+
+@pytest.mark.parametrize("by", ["manifest", "rule"])
+def test_a_shadow_model_is_recorded_and_never_moves_the_priority(tmp_path, by):
+    from triage import metrics
+    from triage.events import to_dict
+
+    write_series(tmp_path / "s", 4)
+    order = dict(requested_priority="ROUTINE", patient_class="outpatient")
+    without = _shadow_setup(tmp_path / "without", by=None).process(study(tmp_path / "s", **order)).event
+    shadowed = _shadow_setup(tmp_path / by, by=by).process(study(tmp_path / "s", **order)).event
+    assert shadowed.priority == without.priority and shadowed.priority.level.value == "ROUTINE"
+    assert [f.code for f in shadowed.findings] == ["quiet"] and shadowed.status is Status.SCORED
+    (shadow,) = shadowed.shadow_findings
+    assert shadow.code == "loud" and shadow.positive  # a critical positive, which would have made it STAT
+    assert "shadow_findings" not in to_dict(without) and to_dict(shadowed)["shadow_findings"][0]["code"] == "loud"
+    before = metrics.SHADOW_FINDINGS.labels("loud", "true")._value.get()
+    metrics.observe_event(shadowed)
+    assert metrics.SHADOW_FINDINGS.labels("loud", "true")._value.get() == before + 1
+
+
+def test_a_study_only_shadow_models_read_has_no_applicable_model(tmp_path):
+    import yaml
+
+    make_model_dir(tmp_path / "models", "loud", window=(0, 2000), shape=(4, 64, 64))
+    doc = yaml.safe_load((tmp_path / "models" / "loud" / "manifest.yaml").read_text())
+    (tmp_path / "models" / "loud" / "manifest.yaml").write_text(yaml.safe_dump({**doc, "mode": "shadow"}))
+    rules = rules_file(tmp_path / "rules.yaml", [{"name": "ct", "match": {"modality": "CT"}, "models": ["loud"]}])
+    write_series(tmp_path / "s", 4)
+    e = Pipeline.from_settings(Settings(models_dir=tmp_path / "models", rules=rules)).process(study(tmp_path / "s")).event
+    assert e.status is Status.NO_APPLICABLE_MODEL and e.priority.level.value == "ROUTINE"
+    assert e.shadow_findings[0].positive
+
+
+def test_pe_ships_in_shadow():
+    from triage.inference.manifest import load_manifest
+    from tests.helpers import ROOT
+
+    assert load_manifest(ROOT / "models" / "pe").mode == "shadow"  # it misses all three of its targets
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_registration_puts_a_model_that_misses_a_target_in_shadow(tmp_path, met):
+    import json
+
+    import yaml
+
+    from pipelines.register import register
+    from tests.helpers import ROOT
+    from triage.inference.manifest import load_manifest
+
+    cfg = yaml.safe_load((ROOT / "pipelines" / "configs" / "ich.yaml").read_text())
+    result = json.loads((ROOT / "models" / "ich" / "eval.json").read_text())
+    result["targets"] = [{"target": "ROC AUC", "required": 0.97, "measured": 0.99 if met else 0.90, "met": met}]
+    folder = register(cfg, ROOT / "models" / "ich" / "model.onnx", ROOT / "models" / "ich", tmp_path, result)
+    assert load_manifest(folder).mode == ("live" if met else "shadow")

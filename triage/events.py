@@ -81,8 +81,8 @@ class FhirPriority(str, enum.Enum):
     ROUTINE = "routine"
 
 
-def _meta(description: str, **schema: Any) -> dict[str, Any]:
-    return {"description": description, "schema": schema}
+def _meta(description: str, omit_if_none: bool = False, **schema: Any) -> dict[str, Any]:
+    return {"description": description, "schema": schema, "omit_if_none": omit_if_none}
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,9 @@ class PriorityEvent:
     timings_ms: Timings = field(metadata=_meta("Stage timings"))
     produced_at: str = field(metadata=_meta("When the event was produced, ISO 8601", format="date-time"))
     schema: str = field(default=PRIORITY_SCHEMA, metadata=_meta("Schema identifier", const=PRIORITY_SCHEMA))
+    shadow_findings: list[Finding] | None = field(default=None, metadata=_meta(
+        "Findings of models running in shadow: recorded for evaluation, never part of the priority. "
+        "Absent when no shadow model ran", omit_if_none=True))
 
 
 # --- JSON Schema generation -----------------------------------------------------------
@@ -405,6 +408,9 @@ def to_dict(event: Any) -> dict[str, Any]:
         return value
 
     data = convert(dataclasses.asdict(event))
+    for f in dataclasses.fields(event):  # optional additions to a v1 schema appear only when set
+        if f.metadata.get("omit_if_none") and data.get(f.name) is None:
+            data.pop(f.name, None)
     return {"schema": data.pop("schema"), **data}
 
 

@@ -21,6 +21,8 @@ STAGE_SECONDS = Histogram("triage_stage_seconds", "Time per pipeline stage", ["s
                           buckets=_STAGE_BUCKETS, registry=REGISTRY)
 FINDINGS_POSITIVE = Counter("triage_findings_positive_total", "Positive findings, by finding code", ["code"],
                             registry=REGISTRY)
+SHADOW_FINDINGS = Counter("triage_shadow_findings_total", "Findings of shadow models (never scored), by code and outcome",
+                          ["code", "positive"], registry=REGISTRY)
 FAILURES = Counter("triage_failures_total", "Failed studies, by error kind", ["reason"], registry=REGISTRY)
 PRIORITY_LEVEL = Counter("triage_priority_level_total", "Studies by resulting worklist level", ["level"],
                          registry=REGISTRY)
@@ -59,6 +61,8 @@ def observe_event(event: PriorityEvent) -> None:
     for f in event.findings:
         if f.positive:
             FINDINGS_POSITIVE.labels(f.code).inc()
+    for f in event.shadow_findings or []:
+        SHADOW_FINDINGS.labels(f.code, "true" if f.positive else "false").inc()
     if event.error is not None:
         FAILURES.labels(event.error.kind).inc()
 

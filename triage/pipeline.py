@@ -81,6 +81,7 @@ class Pipeline:
                 clock["decode"] += time.perf_counter() - t
                 failures: list[tuple[str, TriageError]] = list(survey.failed)
                 findings: list[Finding] = []
+                shadow_findings: list[Finding] = []
                 scored = 0
                 for uid, series_routes in _by_series(routes).items():
                     t = time.perf_counter()
@@ -94,11 +95,20 @@ class Pipeline:
                         clock["decode"] += time.perf_counter() - t
                     t = time.perf_counter()
                     for route in series_routes:
+                        shadow = route.shadow or self.registry.manifests[route.model].mode == "shadow"
                         try:
-                            findings.extend(self.registry.infer(route.model, volume))
-                            scored += 1
+                            found = self.registry.infer(route.model, volume)
                         except TriageError as exc:
-                            failures.append((uid, exc))
+                            if shadow:  # a shadow model's failure is its own: logged, never in the event
+                                log.warning("shadow model %s failed: %s", route.model, exc)
+                            else:
+                                failures.append((uid, exc))
+                            continue
+                        if shadow:
+                            shadow_findings.extend(found)
+                        else:
+                            findings.extend(found)
+                            scored += 1
                     del volume
                     clock["infer"] += time.perf_counter() - t
             reasons = [f"series {uid} not read: {exc}" for uid, exc in failures] + _summarise(notes)
@@ -107,8 +117,11 @@ class Pipeline:
                 log.warning("study %s failed: %s", study_ref(study.study_instance_uid), error)
                 return Outcome(self.failed_event(study, error, inputs, clock, started, reasons[1:]), error)
             t = time.perf_counter()
-            if routes:
+            if scored:
                 status = Status.SCORED
+            elif routes:  # only shadow models read this study: for the worklist, none applies
+                status = Status.NO_APPLICABLE_MODEL
+                reasons.insert(0, f"no live model applies to {len(survey.series)} series")
             else:
                 modalities = ", ".join(sorted({modality_label(s.modality) for s in survey.series}))
                 status = Status.NO_APPLICABLE_MODEL
@@ -116,7 +129,8 @@ class Pipeline:
             priority = self.policy.score(findings, self._severities, study.requested_priority,
                                          study.patient_class, reasons)
             clock["score"] = time.perf_counter() - t
-            event = self._event(study, status, priority, findings, None, inputs, clock, started)
+            event = self._event(study, status, priority, findings, None, inputs, clock, started,
+                                shadow_findings or None)
             try:  # what came from the files (series UIDs) must not make an event consumers refuse
                 parse_priority_event(to_dict(event))
             except SchemaError as exc:
@@ -144,7 +158,8 @@ class Pipeline:
                            time.perf_counter() if started is None else started)
 
     def _event(self, study: StudyEvent, status: Status, priority, findings, error, inputs: str,
-               clock: dict[str, float], started: float) -> PriorityEvent:
+               clock: dict[str, float], started: float,
+               shadow_findings: list[Finding] | None = None) -> PriorityEvent:
         total = time.perf_counter() - started
         return PriorityEvent(
             event_id=make_event_id(study.study_instance_uid, inputs, self._config_id,
@@ -154,7 +169,7 @@ class Pipeline:
             status=status, priority=priority, findings=findings, error=error,
             timings_ms=Timings(decode=round(clock["decode"] * 1e3, 2), infer=round(clock["infer"] * 1e3, 2),
                                score=round(clock["score"] * 1e3, 2), total=round(total * 1e3, 2)),
-            produced_at=now_iso())
+            produced_at=now_iso(), shadow_findings=shadow_findings)
 
 
 _MAX_NOTES = 5

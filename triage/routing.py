@@ -89,12 +89,14 @@ class Rule:
     name: str
     match: SeriesMatch
     models: tuple[str, ...]
+    shadow: tuple[str, ...] = ()  # of ``models``, those this rule runs in shadow (recorded, never scored)
 
 
 @dataclass(frozen=True)
 class Route:
     series: SeriesInfo
     model: str
+    shadow: bool = False
 
 
 class Router:
@@ -120,14 +122,18 @@ class Router:
         routes: list[Route] = []
         for s in series:
             chosen: list[str] = []
+            shadow: set[str] = set()
             for rule in self.rules:
                 if rule.match.why_not(s) is not None:
                     continue
                 for model in rule.models:
                     guard = self.applies_to.get(model)
-                    if guard is not None and guard.why_not(s) is None and model not in chosen:
-                        chosen.append(model)
-            routes.extend(Route(series=s, model=m) for m in chosen)
+                    if guard is not None and guard.why_not(s) is None:
+                        if model not in chosen:
+                            chosen.append(model)
+                        if model in rule.shadow:
+                            shadow.add(model)
+            routes.extend(Route(series=s, model=m, shadow=m in shadow) for m in chosen)
         return routes
 
 
@@ -147,6 +153,10 @@ def load_rules(path: str | Path) -> list[Rule]:
         models = item["models"]
         if isinstance(models, str) or not all(isinstance(m, str) for m in models):
             raise ConfigError("'models' must be a list of model names", path=where)
+        shadow = item.get("shadow") or []
+        if isinstance(shadow, str) or not set(shadow) <= set(models):
+            raise ConfigError("'shadow' must list models that the rule's 'models' names", path=where)
         rules.append(Rule(name=str(item.get("name", f"rule{i}")),
-                          match=SeriesMatch.from_dict(item.get("match"), where), models=tuple(models)))
+                          match=SeriesMatch.from_dict(item.get("match"), where), models=tuple(models),
+                          shadow=tuple(shadow)))
     return rules

@@ -57,6 +57,7 @@ class Manifest:
     slice_scores: str | None
     findings: tuple[FindingSpec, ...]
     operating_point: str
+    mode: str = "live"  # "shadow": runs and is recorded, never moves a priority (see pipelines/register.py)
 
     @property
     def artifact_path(self) -> Path:
@@ -64,6 +65,9 @@ class Manifest:
 
     def threshold(self, finding: FindingSpec) -> float:
         return finding.operating_points[self.operating_point]
+
+
+MODES = ("live", "shadow")
 
 
 def artifact_digest(path: Path) -> str:
@@ -130,7 +134,10 @@ def load_manifest(folder: str | Path, *, verify: bool = True) -> Manifest:
         applies_to=SeriesMatch.from_dict(_require(data, "applies_to", where), where),
         input_name=str(inp.get("name", "input")), input=InputSpec.from_dict(inp, where),
         probabilities=str(_require(outputs, "probabilities", where)),
-        slice_scores=outputs.get("slice_scores"), findings=findings, operating_point=op_name)
+        slice_scores=outputs.get("slice_scores"), findings=findings, operating_point=op_name,
+        mode=str(data.get("mode", "live")))
+    if manifest.mode not in MODES:
+        raise ManifestError(f"mode {manifest.mode!r} is not one of {', '.join(MODES)}", path=where)
     if manifest.name != folder.name:
         raise ManifestError(f"name {manifest.name!r} differs from its folder {folder.name!r}", path=where)
     if verify:
