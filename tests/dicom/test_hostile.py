@@ -6,13 +6,11 @@ a sender could misuse (Modality, BodyPartExamined, SeriesDescription, NumberOfFr
 SliceThickness, the UIDs) appear nowhere in what triage printed."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +37,6 @@ def _series(folder: Path, n: int = 6, mutate=None, **kw) -> list[Path]:
         if mutate:
             mutate(i, ds)
     return write_series(folder, n, mutate=both, **kw)
-
-
-def _raw_write(ds, path: Path) -> None:
-    """Save a dataset the way a broken sender would: no validation of the values."""
-    old = pydicom.config.settings.writing_validation_mode
-    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-    try:
-        ds.save_as(path, enforce_file_format=True)
-    finally:
-        pydicom.config.settings.writing_validation_mode = old
 
 
 def _set_raw(ds, keyword: str, value: str) -> None:

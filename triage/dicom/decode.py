@@ -7,7 +7,6 @@ decoded by a small thread pool (the codecs release the GIL) that writes straight
 from __future__ import annotations
 
 import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,12 +14,12 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from triage.dicom.scan import SeriesInfo, _int, quiet_pydicom, safe_name
+from triage.dicom.scan import NATIVE_SYNTAXES, ScanLimits, SeriesInfo, _int, quiet_pydicom, safe_name
 from triage.errors import (CorruptFileError, InconsistentSeriesError, MissingGeometryError,
                            MixedOrientationError, UnevenSpacingError, UnsupportedImageError,
                            VolumeTooLargeError)
 
-DEFAULT_MAX_VOXELS = 512 * 512 * 2000
+DEFAULT_MAX_VOXELS = ScanLimits.max_voxels  # one budget: the scan's, which Settings sets for both
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 0.05  # relative deviation between gaps of one spacing
 TILT_TOLERANCE_DEG = 0.5
@@ -401,7 +400,6 @@ def _monochrome1_sum(ds: Dataset, slope: float, intercept: float) -> float:
     return (lo + hi) * slope + 2.0 * intercept
 
 
-_NATIVE_LE = {"1.2.840.10008.1.2": 8, "1.2.840.10008.1.2.1": 12}  # implicit, explicit VR little endian
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 
 
@@ -411,7 +409,8 @@ def _read_native(path, ds: Dataset, offset: int | None) -> np.ndarray | None:
     ``offset`` is where the header parse stopped, at the pixel element; its tag and length
     are checked against the layout the header declares. Anything else goes to pydicom."""
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-    head_len = _NATIVE_LE.get(ts)
+    explicit, order = NATIVE_SYNTAXES.get(ts, (None, None))
+    head_len = None if order != "little" else (12 if explicit else 8)  # the pixel element's own header
     bits, signed = _int(ds, "BitsAllocated", 0), _int(ds, "PixelRepresentation", 0)
     if offset is None or head_len is None or _int(ds, "SamplesPerPixel", 1) != 1 or bits not in (8, 16):
         return None
@@ -432,8 +431,3 @@ def _read_native(path, ds: Dataset, offset: int | None) -> np.ndarray | None:
         shift = bits - stored
         arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
     return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]

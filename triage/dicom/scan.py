@@ -58,7 +58,7 @@ _DESCRIPTION_PLAIN = ("NON CONTRAST", "NONCONTRAST", "NON-CONTRAST", "W/O", "WIT
 
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 # uncompressed transfer syntaxes: (explicit VR, byte order)
-_NATIVE = {"1.2.840.10008.1.2": (False, "little"), "1.2.840.10008.1.2.1": (True, "little"),
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2": (False, "little"), "1.2.840.10008.1.2.1": (True, "little"),
            "1.2.840.10008.1.2.2": (True, "big")}
 
 
@@ -328,8 +328,8 @@ def check_image_header(ds: Dataset, path: Path, rel: str, offset: int, limits: S
         raise UnsupportedImageError(f"a {modality} image that is not greyscale (one sample, MONOCHROME1/2)",
                                     path=name)
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
-    if ts in _NATIVE:
-        declared = _pixel_length(path, offset, size, *_NATIVE[ts])
+    if ts in NATIVE_SYNTAXES:
+        declared = _pixel_length(path, offset, size, *NATIVE_SYNTAXES[ts])
         expected = rows * cols * frames * samples * bits // 8
         if declared is None:
             raise CorruptFileError("image object without pixel data (file cut short?)", path=name)
