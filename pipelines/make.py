@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.envelope import envelope_of, guarded_figures, write_envelope, write_figures
 from pipelines.evaluate import SIZE_BINS_ML, evaluate, fit_platt, parse_rule
 from pipelines.export import export_onnx, parity
 from pipelines.register import register
@@ -116,7 +117,11 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     result["make_cores"] = os.cpu_count()
     (work / "eval" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     folder = register(cfg, onnx_path, work / "eval", models_dir, result, weights=best)
-    print(f"{name}: AUC {result['auc']:.3f}, parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
+    # the input guard: the envelope of every training study, then the held-out figures as served
+    write_envelope(folder, envelope_of(data / "train", cfg, progress))
+    result["guard"] = guarded_figures(models_dir.resolve(), name, data / "test", progress)
+    write_figures(folder, result["guard"])
+    print(f"{name}: AUC {result['auc']:.3f}, assessable {result['guard']['assessable_rate']:.1%}, parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
           f"({result['make_seconds']} s on {result['make_cores']} cores)")
     return result
 

@@ -92,10 +92,19 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# a training envelope wide enough for any test volume (the guard has its own tests)
+OPEN_ENVELOPE = {"n_studies": 1, "field_mm": {a: [0.0, 1e5] for a in "zyx"},
+                 "spacing_mm": {a: [0.0, 100.0] for a in "zyx"},
+                 "intensity_percentiles": {p: [-1e5, 1e5] for p in ("p25", "p50", "p75")},
+                 "saturated_fraction": [0.0, 1.0]}
+
+
 def make_model_dir(root: Path, name: str = "brightspot", *, modality=("CT",), severity="critical",
                    threshold: float = 0.5, window=(0, 100), shape=(4, 32, 32), fmt="onnx",
-                   applies_to: dict | None = None, artifact_builder=build_max_model) -> Path:
-    """A model folder with a manifest, as ``pipelines/register`` will write them."""
+                   applies_to: dict | None = None, artifact_builder=build_max_model,
+                   envelope: dict | None = OPEN_ENVELOPE, mode: str | None = None) -> Path:
+    """A model folder with a manifest, as ``pipelines/register`` will write them; its training
+    envelope takes any test volume unless ``envelope`` says otherwise (None: no envelope)."""
     folder = root / name
     artifact = "model.onnx" if fmt == "onnx" else "model.ts"
     artifact_builder(folder / artifact)
@@ -110,6 +119,10 @@ def make_model_dir(root: Path, name: str = "brightspot", *, modality=("CT",), se
                       "operating_points": {"default": threshold, "high_sensitivity": threshold / 2}}],
         "operating_point": "default",
     }
+    if envelope is not None:
+        manifest["envelope"] = envelope
+    if mode is not None:
+        manifest["mode"] = mode
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     (folder / "card.md").write_text("Test-time model computing the input maximum. Detects nothing.\n")
     return folder

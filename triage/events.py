@@ -125,6 +125,13 @@ class Finding:
     model: ModelRef = field(metadata=_meta("The model that produced the finding"))
     series_instance_uid: str = field(metadata=_meta("Series the finding was read on", pattern=_UID, maxLength=64))
     key_slice: int | None = field(default=None, metadata=_meta("0-based slice index (sorted along the slice normal) that best shows the finding", minimum=0))
+    assessable: bool | None = field(default=None, metadata=_meta(
+        "false: the series lies outside what the model was trained on (see not_assessable_reason); the "
+        "probability is reported, but the finding is never positive and never raises the priority. "
+        "Absent in events from before the input guard", omit_if_none=True))
+    not_assessable_reason: str | None = field(default=None, metadata=_meta(
+        "Why the finding could not be assessed, in triage's words; absent when assessable",
+        maxLength=300, omit_if_none=True))
 
 
 @dataclass(frozen=True)
@@ -399,6 +406,10 @@ def parse_priority_event(raw: str | bytes | dict[str, Any]) -> PriorityEvent:
 
 def to_dict(event: Any) -> dict[str, Any]:
     def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            # optional additions to a v1 schema appear only when set
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if not (f.metadata.get("omit_if_none") and getattr(value, f.name) is None)}
         if isinstance(value, enum.Enum):
             return value.value
         if isinstance(value, list):
@@ -407,10 +418,7 @@ def to_dict(event: Any) -> dict[str, Any]:
             return {k: convert(v) for k, v in value.items()}
         return value
 
-    data = convert(dataclasses.asdict(event))
-    for f in dataclasses.fields(event):  # optional additions to a v1 schema appear only when set
-        if f.metadata.get("omit_if_none") and data.get(f.name) is None:
-            data.pop(f.name, None)
+    data = convert(event)
     return {"schema": data.pop("schema"), **data}
 
 

@@ -10,6 +10,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from triage.events import PriorityEvent
+from triage.inference.guard import reason_kind
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,9 @@ FINDINGS_POSITIVE = Counter("triage_findings_positive_total", "Positive findings
                             registry=REGISTRY)
 SHADOW_FINDINGS = Counter("triage_shadow_findings_total", "Findings of shadow models (never scored), by code and outcome",
                           ["code", "positive"], registry=REGISTRY)
+NOT_ASSESSABLE = Counter("triage_not_assessable_total",
+                         "Findings not assessed (the series lay outside the model's training envelope), by model and reason",
+                         ["model", "reason"], registry=REGISTRY)
 FAILURES = Counter("triage_failures_total", "Failed studies, by error kind", ["reason"], registry=REGISTRY)
 PRIORITY_LEVEL = Counter("triage_priority_level_total", "Studies by resulting worklist level", ["level"],
                          registry=REGISTRY)
@@ -61,6 +65,8 @@ def observe_event(event: PriorityEvent) -> None:
     for f in event.findings:
         if f.positive:
             FINDINGS_POSITIVE.labels(f.code).inc()
+        if f.assessable is False:
+            NOT_ASSESSABLE.labels(f.model.name, reason_kind(f.not_assessable_reason or "")).inc()
     for f in event.shadow_findings or []:
         SHADOW_FINDINGS.labels(f.code, "true" if f.positive else "false").inc()
     if event.error is not None:

@@ -17,6 +17,7 @@ from triage.errors import SchemaError, TriageError
 from triage.events import (UNKNOWN_SOURCE, ErrorInfo, Finding, PriorityEvent, Source, Status, StudyEvent,
                            Timings, make_event_id, now_iso, parse_priority_event, to_dict)
 from triage.fetch import local_study
+from triage.inference.guard import measure_volume
 from triage.inference.registry import ModelRegistry
 from triage.priority import Policy
 from triage.routing import Route, Router
@@ -94,10 +95,11 @@ class Pipeline:
                     finally:
                         clock["decode"] += time.perf_counter() - t
                     t = time.perf_counter()
+                    measures = measure_volume(volume)  # once per series, for every model's guard
                     for route in series_routes:
                         shadow = route.shadow or self.registry.manifests[route.model].mode == "shadow"
                         try:
-                            found = self.registry.infer(route.model, volume)
+                            found = self.registry.infer(route.model, volume, measures)
                         except TriageError as exc:
                             if shadow:  # a shadow model's failure is its own: logged, never in the event
                                 log.warning("shadow model %s failed: %s", route.model, exc)
@@ -111,7 +113,9 @@ class Pipeline:
                             scored += 1
                     del volume
                     clock["infer"] += time.perf_counter() - t
-            reasons = [f"series {uid} not read: {exc}" for uid, exc in failures] + _summarise(notes)
+            reasons = ([f"series {uid} not read: {exc}" for uid, exc in failures]
+                       + [f"{f.label} not assessed: {f.not_assessable_reason}" for f in findings if not f.assessable]
+                       + _summarise(notes))
             if not scored and failures:
                 error = failures[0][1]
                 log.warning("study %s failed: %s", study_ref(study.study_instance_uid), error)

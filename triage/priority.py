@@ -151,8 +151,12 @@ class Policy:
     def score(self, findings: list[Finding], severities: dict[str, str],
               requested: RequestedPriority | None, patient_class: PatientClass | None,
               extra_reasons: list[str] | None = None) -> Priority:
-        """Priority for a study; ``severities`` maps finding code to its manifest severity."""
+        """Priority for a study; ``severities`` maps finding code to its manifest severity. A
+        finding that is not assessable (outside its model's training envelope) weighs nothing:
+        it never raises the score, the level or the codes."""
         reasons: list[str] = []
+        unassessed = bool(findings) and all(f.assessable is False for f in findings)
+        findings = [f for f in findings if f.assessable is not False]
         miss = 1.0
         floors: list[Codes] = []
         weighed = []
@@ -180,6 +184,8 @@ class Policy:
         if findings and not reasons:
             top = max(findings, key=lambda f: f.probability)
             reasons.append(f"no positive finding (highest {top.code} p={top.probability:.2f})")
+        elif unassessed:
+            reasons.append("no finding could be assessed; read in order priority")
         score = 100.0 * (1.0 - miss)
         if patient_class is not None and self.patient_class.get(patient_class):
             score += self.patient_class[patient_class]

@@ -23,6 +23,8 @@ DEFAULT_MAX_VOXELS = ScanLimits.max_voxels  # one budget: the scan's, which Sett
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 0.05  # relative deviation between gaps of one spacing
 TILT_TOLERANCE_DEG = 0.5
+# projection radiography: one image of the whole patient, no slice geometry
+PLANAR = frozenset({"CR", "DX", "MG", "RG", "XA", "RF", "IO", "PX"})
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Volume:
     # Positions (mm, along the slice normal, from the first slice) when the spacing is not
     # uniform, as in sequential head CT; preprocessing resamples on them. None: uniform.
     z_positions: np.ndarray | None = None
+    # False for a radiograph that states no pixel spacing (some CR writers store 0\\0): it is
+    # read on a nominal 1 mm grid, and the input guard marks its findings not assessable
+    spacing_known: bool = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -292,7 +297,8 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
     for i, ds in enumerate(series.headers):
         frames.extend(_frame_geometry(ds, i, files[i], counts[i]))
     frames, direction, z_spacing = _sort_frames(frames, files, _spacing_between(series.headers))
-    spacing_yx = _pixel_spacing(frames, files)
+    planar = n == 1 and series.modality.upper() in PLANAR
+    spacing_yx = (1.0, 1.0) if planar and frames[0].spacing_yx is None else _pixel_spacing(frames, files)
     z_positions = _z_positions(frames, direction)
     out = np.empty((n, series.rows, series.columns), dtype=np.float32)
     slots: dict[int, list[tuple[int, _Frame]]] = {}
@@ -343,11 +349,13 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
     origin = tuple(float(v) for v in first.position) if first.position is not None else (0.0, 0.0, 0.0)
     return Volume(array=out, spacing_zyx=(z_spacing, spacing_yx[0], spacing_yx[1]), origin=origin,
                   direction=direction, series_instance_uid=series.series_instance_uid,
-                  modality=series.modality, z_positions=z_positions)
+                  modality=series.modality, z_positions=z_positions,
+                  spacing_known=not (planar and frames[0].spacing_yx is None))
 
 
 def _pixel_spacing(frames: list[_Frame], files: list[str]) -> tuple[float, float]:
-    """One in-plane spacing for the series: never a silent 1 mm, never two spacings."""
+    """One in-plane spacing for the series: never a silent 1 mm (a radiograph without one is
+    read as ``spacing_known=False``), never two spacings."""
     first = frames[0].spacing_yx
     if first is None:
         raise MissingGeometryError("no PixelSpacing (nor ImagerPixelSpacing) above zero", path=files[frames[0].file])

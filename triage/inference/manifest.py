@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from triage.errors import ArtifactHashMismatch, ManifestError
+from triage.inference.guard import Envelope
 from triage.preprocess import InputSpec
 from triage.routing import SeriesMatch
 
@@ -58,6 +59,9 @@ class Manifest:
     findings: tuple[FindingSpec, ...]
     operating_point: str
     mode: str = "live"  # "shadow": runs and is recorded, never moves a priority (see pipelines/register.py)
+    # the inputs it was trained on (see triage/inference/guard.py); None: every finding is
+    # reported as not assessable, since nothing says what the model knows
+    envelope: Envelope | None = None
 
     @property
     def artifact_path(self) -> Path:
@@ -135,7 +139,8 @@ def load_manifest(folder: str | Path, *, verify: bool = True) -> Manifest:
         input_name=str(inp.get("name", "input")), input=InputSpec.from_dict(inp, where),
         probabilities=str(_require(outputs, "probabilities", where)),
         slice_scores=outputs.get("slice_scores"), findings=findings, operating_point=op_name,
-        mode=str(data.get("mode", "live")))
+        mode=str(data.get("mode", "live")),
+        envelope=Envelope.from_dict(data["envelope"], f"{where}: envelope") if data.get("envelope") else None)
     if manifest.mode not in MODES:
         raise ManifestError(f"mode {manifest.mode!r} is not one of {', '.join(MODES)}", path=where)
     if manifest.name != folder.name:

@@ -17,6 +17,7 @@ from triage.dicom.decode import Volume
 from triage.errors import InferenceError, ModelError
 from triage.events import Finding, ModelRef, config_digest
 from triage.inference.backends import RuntimeOptions, Session, backend_for
+from triage.inference.guard import Measures, assess, measure_volume
 from triage.inference.manifest import Manifest, load_manifest
 from triage.preprocess import preprocess, to_source_slice
 
@@ -81,9 +82,13 @@ class ModelRegistry:
         for name in self.manifests:
             self.session(name)
 
-    def infer(self, name: str, volume: Volume) -> list[Finding]:
-        """Run one model on one decoded series; one :class:`Finding` per manifest finding."""
+    def infer(self, name: str, volume: Volume, measures: Measures | None = None) -> list[Finding]:
+        """Run one model on one decoded series; one :class:`Finding` per manifest finding. A
+        series outside the model's training envelope (``measures``: the guard's view of it,
+        measured here when not given) gives findings that are not assessable: their
+        probability stands, and they are never positive."""
         m = self.manifests[name]
+        outside = assess(m.name, m.envelope, measures or measure_volume(volume), m.input.window)
         x = preprocess(volume.array, volume.spacing_zyx, m.input, volume.z_positions)
         started = time.perf_counter()
         out = self.session(name).run(x)
@@ -103,6 +108,7 @@ class ModelRegistry:
                 scores = np.asarray(slices, dtype=np.float64).reshape(len(m.findings), -1)[i]
                 key_slice = to_source_slice(int(np.argmax(scores)), scores.size, volume.shape[0])
             findings.append(Finding(code=spec.code, label=spec.label, probability=round(p, 6),
-                                    threshold=threshold, positive=p >= threshold, model=ref,
-                                    series_instance_uid=volume.series_instance_uid, key_slice=key_slice))
+                                    threshold=threshold, positive=outside is None and p >= threshold, model=ref,
+                                    series_instance_uid=volume.series_instance_uid, key_slice=key_slice,
+                                    assessable=outside is None, not_assessable_reason=outside))
         return findings

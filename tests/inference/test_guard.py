@@ -1,0 +1,163 @@
+"""triage/inference/guard.py: findings outside a model's training envelope are reported, never
+positive, and never raise a priority; held-out phantoms stay assessable."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+
+from tests.helpers import ROOT, make_model_dir, ref, rules_file, write_series
+from triage import metrics
+from triage.events import STUDY_SCHEMA, Status, now_iso, parse_priority_event, parse_study_event, to_dict
+from triage.pipeline import Pipeline
+from triage.settings import Settings
+
+
+def study(folder, **extra):
+    return parse_study_event({"schema": STUDY_SCHEMA, "study_instance_uid": "1.2.826.0.1.77",
+                              "source": {"uri": folder.resolve().as_uri()}, "received_at": now_iso(), **extra})
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The committed models, rules and policy, as `triage worker` runs them."""
+    return Pipeline.from_settings(Settings())
+
+
+def phantom(out, kind: str, seed: int, positive: bool = False, matrix: int = 128, index: int = 0):
+    """One study of ``kind`` from the phantom generator, as its DICOM files."""
+    from pipelines.synth.generate import KINDS
+    from pipelines.synth.write import write_study
+
+    ph = KINDS[kind](np.random.default_rng([seed, index]), positive, matrix=matrix)
+    write_study(ph, out, f"s{seed}-{index}", seed)
+    return out / "studies" / f"s{seed}-{index}"
+
+
+def retag(folder, **values):
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        for key, value in values.items():
+            setattr(ds, key, value)
+        ds.save_as(path)
+
+
+def by_model(event, name):
+    return next(f for f in event.findings + (event.shadow_findings or []) if f.model.name == name)
+
+
+def test_a_real_15_bit_radiograph_is_read_but_not_assessed(tmp_path, served):
+    """pydicom-data's chest CR: 15 bits stored, MONOCHROME1, PixelSpacing 0\\0."""
+    (tmp_path / "cr").mkdir()
+    shutil.copy(ref("RG1_UNCR.dcm"), tmp_path / "cr")
+    e = served.process(study(tmp_path / "cr", requested_priority="ROUTINE", patient_class="outpatient")).event
+    assert e.status is Status.SCORED
+    f = by_model(e, "pneumothorax_cxr")
+    assert f.assessable is False and not f.positive and 0.0 <= f.probability <= 1.0
+    assert "outside pneumothorax_cxr's training envelope" in f.not_assessable_reason
+    assert "pixel spacing not stated" in f.not_assessable_reason
+    assert "clipped by the input window" in f.not_assessable_reason
+    assert e.priority.level.value == "ROUTINE"
+    assert any(r.startswith("Pneumothorax not assessed: outside") for r in e.priority.reasons)
+
+
+def test_a_non_contrast_chest_ct_tagged_as_angiography_is_not_assessed_for_contrast_findings(tmp_path, served):
+    folder = phantom(tmp_path, "chest_ct_pneumothorax", seed=4242)
+    retag(folder, ContrastBolusAgent="IODINE", ContrastBolusRoute="IV", SeriesDescription="CTA CHEST")
+    e = served.process(study(folder, requested_priority="ROUTINE", patient_class="outpatient")).event
+    for name in ("aortic_dissection", "pe"):  # pe runs in shadow
+        f = by_model(e, name)
+        assert f.assessable is False and not f.positive
+        assert f.not_assessable_reason.startswith("tagged contrast, brightest vessels")
+        hu = float(f.not_assessable_reason.split()[-2])
+        assert hu < 100  # unenhanced blood and muscle, 40 HU in this phantom
+    assert any(r.startswith("Aortic dissection not assessed: tagged contrast") for r in e.priority.reasons)
+    assert e.priority.level.value == "ROUTINE"
+
+
+def test_held_out_phantoms_are_assessable(tmp_path, served):
+    """One study of each kind from the models' test-split seeds: inside every envelope."""
+    cases = [("head_ct", 303, ("ich",)), ("head_ct_fracture", 556, ("skull_fracture",)),
+             ("head_cta", 313, ("lvo",)), ("ctpa_pe", 524, ("pe",)),
+             ("cta_aortic_dissection", 534, ("aortic_dissection",)),
+             ("chest_ct_pericardial_effusion", 513, ("pericardial_effusion", "pneumothorax")),
+             ("chest_radiograph_pneumothorax", 545, ("pneumothorax_cxr",))]
+    for kind, seed, models in cases:
+        folder = phantom(tmp_path / kind, kind, seed, matrix=256 if "radiograph" in kind else 128)
+        e = served.process(study(folder)).event
+        for name in models:
+            f = by_model(e, name)
+            assert f.assessable is True and f.not_assessable_reason is None, (kind, name, f.not_assessable_reason)
+
+
+def test_a_field_of_view_far_outside_the_envelope(tmp_path, served):
+    folder = phantom(tmp_path, "head_ct", seed=303)
+    for path in sorted(folder.glob("*.dcm")):  # the same head, stated at twice its pixel size: a 450 mm field
+        ds = pydicom.dcmread(path)
+        ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
+        ds.save_as(path)
+    e = served.process(study(folder, requested_priority="ROUTINE")).event
+    f = by_model(e, "ich")
+    assert f.assessable is False and not f.positive
+    assert "outside ich's training envelope: field of view" in f.not_assessable_reason
+
+
+def _loud(root, envelope):
+    """A critical test model that reads CT_small as positive (p≈0.7), with the given envelope."""
+    kw = {} if envelope == "open" else {"envelope": envelope}
+    models = root / "models"
+    make_model_dir(models, "loud", window=(0, 2000), shape=(4, 64, 64), severity="critical", **kw)
+    rules = rules_file(root / "rules.yaml", [{"name": "ct", "match": {"modality": "CT"}, "models": ["loud"]}])
+    return Pipeline.from_settings(Settings(models_dir=models, rules=rules))
+
+
+def test_an_unassessable_positive_never_raises_the_priority(tmp_path):
+    from tests.helpers import OPEN_ENVELOPE
+
+    write_series(tmp_path / "s", 4)
+    order = dict(requested_priority="ROUTINE", patient_class="outpatient")
+    inside = _loud(tmp_path / "open", "open").process(study(tmp_path / "s", **order)).event
+    assert inside.findings[0].positive and inside.priority.level.value == "STAT"
+    narrow = {**OPEN_ENVELOPE, "field_mm": {"z": [0.0, 1e5], "y": [400.0, 420.0], "x": [400.0, 420.0]}}
+    outside = _loud(tmp_path / "narrow", narrow).process(study(tmp_path / "s", **order)).event
+    (f,) = outside.findings
+    assert f.assessable is False and not f.positive and f.probability == inside.findings[0].probability
+    assert "field of view" in f.not_assessable_reason
+    assert outside.priority.level.value == "ROUTINE" and outside.priority.score < inside.priority.score
+    assert "no finding could be assessed; read in order priority" in outside.priority.reasons
+    doc = to_dict(outside)
+    assert doc["findings"][0]["assessable"] is False and parse_priority_event(doc) == outside
+    kind = "field_of_view"
+    before = metrics.NOT_ASSESSABLE.labels("loud", kind)._value.get()
+    metrics.observe_event(outside)
+    assert metrics.NOT_ASSESSABLE.labels("loud", kind)._value.get() == before + 1
+
+
+def test_a_model_without_an_envelope_is_never_assessable(tmp_path):
+    write_series(tmp_path / "s", 4)
+    e = _loud(tmp_path, None).process(study(tmp_path / "s", requested_priority="HIGH")).event
+    (f,) = e.findings
+    assert f.assessable is False and f.not_assessable_reason == "loud has no training envelope" and not f.positive
+    assert e.priority.level.value == "URGENT"  # the order's floor, nothing more
+
+
+def test_an_event_from_before_the_guard_still_parses(tmp_path):
+    write_series(tmp_path / "s", 4)
+    doc = to_dict(_loud(tmp_path, "open").process(study(tmp_path / "s")).event)
+    assert doc["findings"][0]["assessable"] is True and "not_assessable_reason" not in doc["findings"][0]
+    for f in doc["findings"]:
+        del f["assessable"]
+    assert parse_priority_event(doc).findings[0].assessable is None
+
+
+def test_every_committed_model_carries_its_envelope():
+    from triage.inference.registry import check_models
+
+    checks = check_models(ROOT / "models")
+    assert checks and all(c.ok for c in checks)
+    for c in checks:
+        env = c.manifest.envelope
+        assert env is not None and env.n_studies >= 100, c.folder
+        assert (env.vessel_hu is not None) == bool(c.manifest.applies_to.contrast), c.folder
