@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
             log("models: ONNX Runtime vs torch, and our study path vs the MONAI-native path")
             results += bench_models(raw, DEFAULT_MODELS, repeats, log)
+            from benchmarks.models import bench_shadow
+
+            results += bench_shadow(raw, DEFAULT_MODELS, Path(tmp), repeats, log)
         extra: dict = {}
         if not args.skip_kafka:
             e2e_rows, extra = bench_e2e(raw, Path(tmp), e2e_n, interval, log)

@@ -67,7 +67,10 @@ def test_models_list_and_verify(tmp_path):
     assert r.returncode == 0
     (row,) = json.loads(r.stdout)
     assert row["name"] == "brightspot" and row["ok"] and row["findings"] == ["brightspot"]
-    assert "brightspot" in triage("models", "list", "--models", tmp_path).stdout
+    assert row["mode"] == "live" and row["envelope"] == "n=1"
+    listed = triage("models", "list", "--models", tmp_path).stdout.splitlines()
+    assert listed[0].split() == ["NAME", "VERSION", "FORMAT", "FINDINGS", "MODE", "ENVELOPE", "STATUS"]
+    assert listed[1].split()[:5] == ["brightspot", "0.0.1-test", "onnx", "brightspot", "live"]
     assert triage("models", "verify", "--models", tmp_path).returncode == 0
     (tmp_path / "brightspot" / "model.onnx").write_bytes(b"swapped")
     r = triage("models", "verify", "--models", tmp_path)
@@ -104,3 +107,23 @@ def test_demo_scores_extra_study_folders(tmp_path):
 
     assert len(events) == len(SAMPLES) + 2
     assert "DEMO0010" in r.stdout  # the phantoms are on the printed worklist
+
+
+def test_demo_shows_a_not_assessable_finding_and_pe_in_shadow(tmp_path):
+    """The committed models on the built-in samples (the real 15-bit chest CR among them) and
+    one CT pulmonary angiogram phantom."""
+    from pipelines.synth.generate import generate
+
+    generate("ctpa_pe", 1, 9013, tmp_path / "ctpa", progress=False)
+    r = triage("demo", "--out", tmp_path / "out", "--studies", tmp_path / "ctpa" / "studies",
+               "--metrics-port", "0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if line.startswith("#"))
+    assert "SHADOW" in header and "FINDINGS" in header
+    cr = next(line for line in r.stdout.splitlines() if "pneumothorax_cxr not assessed" in line)
+    assert "Pneumothorax not assessed: outside pneumothorax_cxr's training envelope" in cr
+    ctpa = next(line for line in r.stdout.splitlines() if "DEMO" in line and " pe 0." in line)
+    assert "pe positive" not in ctpa  # in shadow: never a reason, never the priority
+    events = [json.loads(line) for line in (tmp_path / "out" / "priority-events.jsonl").read_text().splitlines()]
+    assert any(f["model"]["name"] == "pe" for e in events for f in e.get("shadow_findings", []))
+    assert not any(f["model"]["name"] == "pe" for e in events for f in e["findings"])

@@ -177,6 +177,7 @@ def test_a_shadow_model_is_recorded_and_never_moves_the_priority(tmp_path, by):
     without = _shadow_setup(tmp_path / "without", by=None).process(study(tmp_path / "s", **order)).event
     shadowed = _shadow_setup(tmp_path / by, by=by).process(study(tmp_path / "s", **order)).event
     assert shadowed.priority == without.priority and shadowed.priority.level.value == "ROUTINE"
+    assert without.timings_ms.shadow is None and shadowed.timings_ms.shadow > 0  # its time, apart from infer
     assert [f.code for f in shadowed.findings] == ["quiet"] and shadowed.status is Status.SCORED
     (shadow,) = shadowed.shadow_findings
     assert shadow.code == "loud" and shadow.positive  # a critical positive, which would have made it STAT

@@ -117,6 +117,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                      "version": m.version if m else None, "format": m.format if m else None,
                      "findings": [f.code for f in m.findings] if m else [],
                      "operating_point": m.operating_point if m else None, "mode": m.mode if m else None,
+                     "envelope": (f"n={m.envelope.n_studies}" if m.envelope else "none") if m else None,
                      "sha256": m.sha256 if m else None})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -124,9 +125,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no models under {models_dir}")
         return 0
-    header = ("NAME", "VERSION", "FORMAT", "FINDINGS", "MODE", "STATUS")
+    header = ("NAME", "VERSION", "FORMAT", "FINDINGS", "MODE", "ENVELOPE", "STATUS")
     table = [header] + [(r["name"], r["version"] or "-", r["format"] or "-", ",".join(r["findings"]) or "-",
-                         r["mode"] or "-", "ok" if r["ok"] else r["message"]) for r in rows]
+                         r["mode"] or "-", r["envelope"] or "-", "ok" if r["ok"] else r["message"]) for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(header))]
     for t in table:
         print("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())

@@ -159,16 +159,19 @@ def _progress(total: int, enabled: bool):
 
 def worklist_table(events: list[PriorityEvent]) -> str:
     """The worklist, most urgent first, as a plain-text table."""
-    rows = [("#", "LEVEL", "SCORE", "STATUS", "ACCESSION", "FINDINGS", "REASONS")]
+    rows = [("#", "LEVEL", "SCORE", "STATUS", "ACCESSION", "FINDINGS", "SHADOW", "REASONS")]
     ordered = sorted(events, key=lambda e: (-e.priority.score, e.accession_number or ""))
     for n, e in enumerate(ordered, 1):
-        positives = [f"{f.code} {f.probability:.2f}" for f in e.findings if f.positive]
-        findings = ", ".join(positives) or ("none positive" if e.findings else "-")
+        shown = [f"{f.code} {f.probability:.2f}" for f in e.findings if f.positive]
+        shown += [f"{f.code} not assessed" for f in e.findings if f.assessable is False]
+        findings = ", ".join(shown) or ("none positive" if e.findings else "-")
+        shadow = ", ".join(f"{f.code} {f.probability:.2f}{' +' if f.positive else ''}"
+                           for f in e.shadow_findings or []) or "-"
         reasons = "; ".join(e.priority.reasons)
         if e.error is not None:
             reasons = f"{reasons}; {e.error.message}" if reasons else e.error.message
         rows.append((str(n), e.priority.level.value, f"{e.priority.score:5.1f}", e.status.value,
-                     e.accession_number or "-", findings, reasons))
+                     e.accession_number or "-", findings, shadow, reasons))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for r in rows:

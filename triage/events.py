@@ -152,9 +152,12 @@ class ErrorInfo:
 @dataclass(frozen=True)
 class Timings:
     decode: float = field(metadata=_meta("Fetch and decode, ms", minimum=0))
-    infer: float = field(metadata=_meta("Preprocess and inference, ms", minimum=0))
+    infer: float = field(metadata=_meta("Preprocess and inference of the live models, ms", minimum=0))
     score: float = field(metadata=_meta("Priority policy, ms", minimum=0))
     total: float = field(metadata=_meta("Whole pipeline, ms", minimum=0))
+    shadow: float | None = field(default=None, metadata=_meta(
+        "Preprocess and inference of shadow models, ms (part of total, not of infer); absent when none ran",
+        minimum=0, omit_if_none=True))
 
 
 @dataclass(frozen=True)

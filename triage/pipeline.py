@@ -69,7 +69,7 @@ class Pipeline:
         is named in the reasons and the others go on; the study fails only when nothing was
         scored and something was broken. One volume is held in memory at a time."""
         started = time.perf_counter()
-        clock = {"decode": 0.0, "infer": 0.0, "score": 0.0}
+        clock = {"decode": 0.0, "infer": 0.0, "score": 0.0, "shadow": 0.0}
         inputs = study.source.uri
         notes: list[str] = []
         try:
@@ -96,8 +96,10 @@ class Pipeline:
                         clock["decode"] += time.perf_counter() - t
                     t = time.perf_counter()
                     measures = measure_volume(volume)  # once per series, for every model's guard
+                    clock["infer"] += time.perf_counter() - t
                     for route in series_routes:
                         shadow = route.shadow or self.registry.manifests[route.model].mode == "shadow"
+                        t = time.perf_counter()
                         try:
                             found = self.registry.infer(route.model, volume, measures)
                         except TriageError as exc:
@@ -106,13 +108,14 @@ class Pipeline:
                             else:
                                 failures.append((uid, exc))
                             continue
+                        finally:
+                            clock["shadow" if shadow else "infer"] += time.perf_counter() - t
                         if shadow:
                             shadow_findings.extend(found)
                         else:
                             findings.extend(found)
                             scored += 1
                     del volume
-                    clock["infer"] += time.perf_counter() - t
             reasons = ([f"series {uid} not read: {exc}" for uid, exc in failures]
                        + [f"{f.label} not assessed: {f.not_assessable_reason}" for f in findings if not f.assessable]
                        + _summarise(notes))
@@ -172,7 +175,8 @@ class Pipeline:
             study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
             status=status, priority=priority, findings=findings, error=error,
             timings_ms=Timings(decode=round(clock["decode"] * 1e3, 2), infer=round(clock["infer"] * 1e3, 2),
-                               score=round(clock["score"] * 1e3, 2), total=round(total * 1e3, 2)),
+                               score=round(clock["score"] * 1e3, 2), total=round(total * 1e3, 2),
+                               shadow=round(clock["shadow"] * 1e3, 2) if clock.get("shadow") else None),
             produced_at=now_iso(), shadow_findings=shadow_findings)
 
 

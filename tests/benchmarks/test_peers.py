@@ -14,3 +14,13 @@ def test_peers_agree_on_the_benchmark_series(tmp_path):
     assert np.array_equal(peers.ours(j2k), ours)  # JPEG 2000 lossless really is lossless
     assert np.array_equal(peers.ours(j2k, threads=1), ours)
     assert peers.raw_bytes_limit(raw).size == sum(p.stat().st_size for p in raw.glob("*.dcm"))
+
+
+def test_the_shadow_row_reports_a_shadow_models_time_apart(tmp_path):
+    from benchmarks.models import bench_shadow
+    from tests.helpers import ROOT
+
+    raw, _ = series_pair(tmp_path / "data", 8, 64)
+    (tmp_path / "work").mkdir()
+    (r,) = bench_shadow(raw, ROOT / "models", tmp_path / "work", 1, lambda msg: None)
+    assert r["name"] == "shadow_time_reported_separately" and r["ours"] > 0 and r["peer"] > 0
