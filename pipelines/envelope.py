@@ -63,7 +63,9 @@ def _window(cfg: dict) -> tuple[float, float]:
 def _score_one(models_dir: Path, name: str, dataset: Path, row: dict) -> tuple[int, float, bool, str]:
     from triage.inference.registry import ModelRegistry
 
-    registry = _REGISTRY.get(models_dir) or _REGISTRY.setdefault(models_dir, ModelRegistry(models_dir))
+    # one registry per worker process, read again whenever the model's manifest changes
+    key = (str(models_dir), name, (models_dir / name / "manifest.yaml").stat().st_mtime_ns)
+    registry = _REGISTRY.get(key) or _REGISTRY.setdefault(key, ModelRegistry(models_dir))
     (series,) = scan_study(dataset / "studies" / row["study_id"])[:1]
     (finding,) = registry.infer(name, decode_series(series))[:1]
     return int(row["label"]), finding.probability >= finding.threshold, bool(finding.assessable), \

@@ -121,7 +121,7 @@ class Finding:
     label: str = field(metadata=_meta("Human-readable finding name"))
     probability: float = field(metadata=_meta("Calibrated probability", minimum=0, maximum=1))
     threshold: float = field(metadata=_meta("Threshold of the operating point in use", minimum=0, maximum=1))
-    positive: bool = field(metadata=_meta("probability >= threshold"))
+    positive: bool = field(metadata=_meta("probability >= threshold, on an assessable series"))
     model: ModelRef = field(metadata=_meta("The model that produced the finding"))
     series_instance_uid: str = field(metadata=_meta("Series the finding was read on", pattern=_UID, maxLength=64))
     key_slice: int | None = field(default=None, metadata=_meta("0-based slice index (sorted along the slice normal) that best shows the finding", minimum=0))

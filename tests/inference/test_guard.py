@@ -161,3 +161,41 @@ def test_every_committed_model_carries_its_envelope():
         env = c.manifest.envelope
         assert env is not None and env.n_studies >= 100, c.folder
         assert (env.vessel_hu is not None) == bool(c.manifest.applies_to.contrast), c.folder
+
+
+def test_an_envelope_survives_the_manifest_and_a_broken_one_is_refused(tmp_path):
+    import yaml
+
+    from tests.helpers import OPEN_ENVELOPE
+    from triage.errors import ManifestError
+    from triage.inference.guard import Envelope
+    from triage.inference.manifest import load_manifest
+
+    env = Envelope.from_dict(OPEN_ENVELOPE, "test")
+    assert Envelope.from_dict(env.to_dict(), "test") == env
+    folder = make_model_dir(tmp_path, "m")
+    doc = yaml.safe_load((folder / "manifest.yaml").read_text())
+    for broken in ({**OPEN_ENVELOPE, "saturated_fraction": [0.5, 0.1]},
+                   {k: v for k, v in OPEN_ENVELOPE.items() if k != "field_mm"}, "wide"):
+        (folder / "manifest.yaml").write_text(yaml.safe_dump({**doc, "envelope": broken}))
+        with pytest.raises(ManifestError, match="envelope"):
+            load_manifest(folder)
+
+
+def test_the_measures_are_the_image_own():
+    """A chest CT's blood reads as its HU; a radiograph's clipping is the share outside the window."""
+    from triage.inference.guard import measure
+
+    chest = np.full((20, 64, 64), -1000.0, np.float32)
+    chest[:, 8:56, 8:56] = 40.0  # body
+    chest[:, 16:48, 12:26] = chest[:, 16:48, 38:52] = -850.0  # two lungs
+    chest[:, 20:30, 28:36] = 300.0  # enhanced blood between them, in front
+    m = measure(chest, (2.5, 6.0, 6.0), "CT")
+    assert m.in_hu and not m.planar and m.field_mm == (50.0, 384.0, 384.0)
+    assert m.vessel_hu == pytest.approx(300.0)
+    chest[:, 20:30, 28:36] = 40.0  # the same chest without contrast
+    assert measure(chest, (2.5, 6.0, 6.0), "CT").vessel_hu == pytest.approx(40.0)
+    film = np.full((1, 100, 100), 1000.0, np.float32)
+    film[0, :25] = 20000.0
+    r = measure(film, (1.0, 0.2, 0.2), "DX")
+    assert r.planar and r.vessel_hu is None and r.saturated((0, 4095)) == pytest.approx(0.25)

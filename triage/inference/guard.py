@@ -42,6 +42,7 @@ SPACING_FACTOR = 1.5
 # 80 HU; a contrast study whose brightest vessels read less than this is not one.
 MIN_VESSEL_HU = 120.0
 QUANTILES = (25, 50, 75)  # the bulk of the body; the window check covers the tails
+MAX_REASON = 300  # the event schema's limit on not_assessable_reason
 _SAMPLE = (64, 160, 160)  # at most this many sampled voxels per axis
 _BODY_HU = -500.0  # CT: above this is the patient (or the table); lungs are filled in
 _BONE_HU = 700.0
@@ -301,4 +302,7 @@ def assess(name: str, envelope: Envelope | None, m: Measures, window: tuple[floa
     if contrast:
         return contrast
     outside = envelope.check(m, window)
-    return f"outside {name}'s training envelope: {'; '.join(outside)}" if outside else None
+    if not outside:
+        return None
+    reason = f"outside {name}'s training envelope: {'; '.join(outside)}"
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "…"
