@@ -49,6 +49,10 @@ def test_card_and_evaluation_files_say_what_the_model_is(name):
     assert manifest.threshold(manifest.findings[0]) == pytest.approx(
         evaluation["operating_points"]["default"]["threshold"], abs=1e-6)
     assert (folder / "roc.png").stat().st_size > 1000 and (folder / "weights.pt").exists()
+    guard = evaluation["guard"]  # measured as served, through the input guard, on the same test split
+    assert guard["n"] == evaluation["n_test"] and guard["assessable_rate"] >= 0.95, guard
+    assert f"{guard['assessable_rate']:.1%} of {guard['n']}" in card and "## Input guard" in card
+    assert manifest.envelope is not None and manifest.envelope.n_studies >= 100
 
 
 @pytest.mark.parametrize("name", COMMITTED)

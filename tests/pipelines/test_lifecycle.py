@@ -55,6 +55,10 @@ def test_tiny_run_registers_a_verified_model_with_card_and_evaluation(tiny):
             "calibration"} <= set(evaluation)
     assert (folder / "roc.png").stat().st_size > 1000 and (folder / "eval.md").exists()
     assert result["parity_max_abs_diff"] <= 1e-4
+    # the envelope of its training studies, and the held-out figures as served through the guard
+    assert m.envelope is not None and m.envelope.n_studies == 6 and m.envelope.vessel_hu is None
+    assert evaluation["guard"]["n"] == 4 and 0.0 <= evaluation["guard"]["assessable_rate"] <= 1.0
+    assert "## Input guard" in card
 
 
 def _registered_findings(event, models, name):
