@@ -65,9 +65,9 @@ def _load_and_cache(dataset: Path, spec: InputSpec, cache: Path, row: dict) -> I
     return item
 
 
-def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True, workers: int | None = None) -> list[Item]:
-    """All studies, preprocessed (in a process pool the first time); cached beside the dataset
-    per input spec."""
+def pool_map(job, rows: list, desc: str, progress: bool = True, workers: int | None = None) -> list:
+    """``job`` over ``rows`` in order, in a spawned process pool (in this process for one
+    worker), with a progress bar; by default a worker per 8 rows, up to the core count."""
     import os
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
@@ -75,15 +75,24 @@ def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True, workers:
 
     from tqdm import tqdm
 
-    key = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
-    cache = dataset / ".cache" / key
-    cache.mkdir(parents=True, exist_ok=True)
-    rows = read_labels(dataset)
-    job = partial(_load_and_cache, dataset, spec, cache)
-    todo = sum(not (cache / f"{r['study_id']}.npz").exists() for r in rows)
-    workers = workers or min(os.cpu_count() or 1, max(1, todo // 8))
-    bar = partial(tqdm, total=len(rows), desc=f"loading {dataset.name}", unit="study", disable=not progress)
+    workers = workers or min(os.cpu_count() or 1, max(1, len(rows) // 8))
+    bar = partial(tqdm, total=len(rows), desc=desc, unit="study", disable=not progress)
     if workers == 1:
         return list(bar(map(job, rows)))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         return list(bar(pool.map(job, rows, chunksize=4)))
+
+
+def load_dataset(dataset: Path, spec: InputSpec, progress: bool = True, workers: int | None = None) -> list[Item]:
+    """All studies, preprocessed (in a process pool the first time); cached beside the dataset
+    per input spec."""
+    import os
+    from functools import partial
+
+    key = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+    cache = dataset / ".cache" / key
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = read_labels(dataset)
+    todo = sum(not (cache / f"{r['study_id']}.npz").exists() for r in rows)
+    workers = workers or min(os.cpu_count() or 1, max(1, todo // 8))
+    return pool_map(partial(_load_and_cache, dataset, spec, cache), rows, f"loading {dataset.name}", progress, workers)

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from pipelines.dataset import read_labels
+from pipelines.dataset import pool_map, read_labels
 from triage.dicom import decode_series, scan_study
-from triage.inference.guard import Envelope, measure_volume
+from triage.inference.guard import Envelope, measure_volume, reason_kind
 
 GUARD_TARGET = 0.95  # the share of held-out studies a model must find assessable
 
@@ -35,29 +32,16 @@ def _measure_one(dataset: Path, window: tuple[float, float], row: dict) -> dict:
     return measure_volume(decode_series(series)).summary(window)
 
 
-def _pool_map(job, rows: list[dict], desc: str, progress: bool) -> list:
-    from tqdm import tqdm
-
-    workers = min(os.cpu_count() or 1, max(1, len(rows) // 8))
-    bar = partial(tqdm, total=len(rows), desc=desc, unit="study", disable=not progress)
-    if workers == 1:
-        return list(bar(map(job, rows)))
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        return list(bar(pool.map(job, rows, chunksize=4)))
-
-
 def envelope_of(dataset: Path, cfg: dict, progress: bool = True) -> Envelope:
     """The envelope of every study in a training split (DICOM studies only)."""
-    window = _window(cfg)
-    rows = _pool_map(partial(_measure_one, dataset, window), read_labels(dataset), f"envelope {dataset.name}",
-                     progress)
+    from pipelines.train import input_spec
+
+    rows = pool_map(partial(_measure_one, dataset, input_spec(cfg).window), read_labels(dataset),
+                    f"envelope {dataset.name}", progress)
     return Envelope.from_measures(rows, contrast=bool(cfg["applies_to"].get("contrast")))
 
 
-def _window(cfg: dict) -> tuple[float, float]:
-    from pipelines.train import input_spec
-
-    return input_spec(cfg).window
+_REGISTRY: dict = {}  # one per worker process
 
 
 def _score_one(models_dir: Path, name: str, dataset: Path, row: dict) -> tuple[int, float, bool, str]:
@@ -72,23 +56,19 @@ def _score_one(models_dir: Path, name: str, dataset: Path, row: dict) -> tuple[i
         finding.not_assessable_reason or ""
 
 
-_REGISTRY: dict = {}  # one per worker process
-
-
 def guarded_figures(models_dir: Path, name: str, dataset: Path, progress: bool = True) -> dict:
     """Sensitivity and specificity at the default operating point as served, with the guard:
     a finding that is not assessable is never positive (a missed positive)."""
     rows = read_labels(dataset)
-    out = _pool_map(partial(_score_one, models_dir, name, dataset), rows, f"guard {name}", progress)
+    out = pool_map(partial(_score_one, models_dir, name, dataset), rows, f"guard {name}", progress)
     labels = np.array([o[0] for o in out])
     flagged = np.array([o[1] for o in out])
     assessable = np.array([o[2] for o in out])
     positive = flagged & assessable
-    reasons: dict[str, int] = {}
+    reasons: dict[str, int] = {}  # by kind, as triage_not_assessable_total counts them
     for o in out:
         if not o[2]:
-            key = o[3].split(": ", 1)[-1].split(" (")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+            reasons[reason_kind(o[3])] = reasons.get(reason_kind(o[3]), 0) + 1
     pos, neg = labels == 1, labels == 0
     return {
         "n": int(len(out)), "assessable_rate": round(float(assessable.mean()), 4),
@@ -108,7 +88,9 @@ def guard_section(envelope: dict, figures: dict) -> str:
     lines = [
         f"Measured on all {envelope['n_studies']} training studies and written to `manifest.yaml` (`envelope`). "
         "A series outside it gives findings with `assessable: false` and the reason: their probability is "
-        "reported, but they are never positive and never raise a priority.",
+        "reported, but they are never positive and never raise a priority. The envelope and the figures below "
+        "come from our own phantom generator only; on another generator or on real studies, how often the "
+        "model is assessable and how it performs are not measured.",
         "",
         f"- field of view: {f['y'][0]:.0f}–{f['y'][1]:.0f} mm (rows), {f['x'][0]:.0f}–{f['x'][1]:.0f} mm (columns)"
         + ("" if f["z"][1] <= 1.5 else f", coverage {f['z'][0]:.0f}–{f['z'][1]:.0f} mm"),

@@ -121,7 +121,8 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     write_envelope(folder, envelope_of(data / "train", cfg, progress))
     result["guard"] = guarded_figures(models_dir.resolve(), name, data / "test", progress)
     write_figures(folder, result["guard"])
-    print(f"{name}: AUC {result['auc']:.3f}, assessable {result['guard']['assessable_rate']:.1%}, parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
+    print(f"{name}: AUC {result['auc']:.3f}, assessable {result['guard']['assessable_rate']:.1%}, "
+          f"parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
           f"({result['make_seconds']} s on {result['make_cores']} cores)")
     return result
 
