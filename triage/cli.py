@@ -202,6 +202,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from triage.bus.kafka import KafkaConfig, KafkaSink
+    from triage.gateway.config import GatewaySettings
+    from triage.gateway.service import Gateway
+
+    keys = ("store", "ae_title", "host", "port", "http_port", "window_s", "allow", "topic", "max_instance_bytes",
+            "max_study_bytes", "tls_cert", "tls_key", "tls_ca", "metrics_port")
+    overrides = {k: getattr(args, k) for k in keys}
+    overrides["ae_windows"] = ",".join(args.ae_window) if args.ae_window else None
+    settings = GatewaySettings.load(overrides)
+    if not args.verbose:  # a broker that is down is expected here: the outbox logs it once per try
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    kafka = KafkaConfig.load(bootstrap=args.bootstrap, client_id="triage-gateway")
+    gateway = Gateway(settings, lambda: KafkaSink(kafka))
+    gateway.start()
+    signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
+    signal.signal(signal.SIGINT, lambda *_: gateway.stop())
+    gateway.wait()
+    gateway.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triage", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -277,6 +299,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="triage.studies")
     p.add_argument("--study-uid", help="StudyInstanceUID (default: read from the files)")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "gateway", help="receive studies over DICOM (C-STORE) and STOW-RS; publish study events",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Receive instances over DICOM C-STORE and DICOMweb STOW-RS, store them under "
+                    "STORE/<study>/<series>/<instance>.dcm (fsync, then an atomic link; a success status "
+                    "means the instance is on disk), and publish one study event per study once no "
+                    "instance has arrived for the quiet window. State and the outbox live in "
+                    "STORE/.gateway/state.sqlite; a restart resumes them and deletes nothing.",
+        epilog="example:\n  triage gateway --bootstrap 127.0.0.1:9092 --store /data/studies --allow MODALITY1@10.1.2.0/24\n"
+               "  storescu -aec TRIAGE 127.0.0.1 11112 +sd +r study-folder/\n\n"
+               "Settings also come from TRIAGE_GATEWAY_<NAME> (e.g. TRIAGE_GATEWAY_TLS_CERT), "
+               "Kafka security from TRIAGE_KAFKA_*.")
+    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
+    p.add_argument("--store", metavar="DIR", help="study store, shared with the workers (required)")
+    p.add_argument("--ae-title", help="our AE title; associations calling another are refused (default: TRIAGE)")
+    p.add_argument("--host", help="address to listen on (default: 0.0.0.0; the allow-list decides who gets in)")
+    p.add_argument("--port", type=int, help="DICOM port; 0: off (default: 11112)")
+    p.add_argument("--http-port", type=int, help="STOW-RS port; 0: off (default: 8042)")
+    p.add_argument("--window-s", type=float, metavar="S",
+                   help="a study is complete after S seconds without a new instance (default: 5)")
+    p.add_argument("--ae-window", action="append", metavar="AE=S", help="a quiet window for one calling AE (repeatable)")
+    p.add_argument("--topic", help="study events topic (default: triage.studies)")
+    p.add_argument("--allow", metavar="AE[@HOST],...",
+                   help="calling AE titles allowed, each from a host, network (10.0.0.0/8) or loopback when no "
+                        "host is given; * is any AE. Default: any AE title, from loopback only")
+    p.add_argument("--max-instance-bytes", type=int, metavar="N", help="refuse larger instances (default: 2 GiB)")
+    p.add_argument("--max-study-bytes", type=int, metavar="N", help="refuse instances past this per study (default: 16 GiB)")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate: DICOM TLS and HTTPS only")
+    p.add_argument("--tls-key", metavar="PEM", help="its private key")
+    p.add_argument("--tls-ca", metavar="PEM", help="also require client certificates signed by this CA")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics here; 0: off (default: 0)")
+    p.set_defaults(func=cmd_gateway)
     return parser
 
 
@@ -287,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose < 2:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
+        logging.getLogger("pynetdicom").setLevel(logging.ERROR)  # and pynetdicom logs peers' AE titles
     if args.command == "score" and not args.verbose:
         logging.getLogger("triage.pipeline").setLevel(logging.ERROR)  # the CLI prints the one line itself
     try:

@@ -155,3 +155,16 @@ class ConfigError(TriageError):
 class BusError(TriageError):
     kind = "bus"
     retriable = True
+
+
+# --- gateway --------------------------------------------------------------------------
+class InstanceRefused(TriageError):
+    """An instance the gateway will not store. ``status`` is the DICOM C-STORE status the
+    sender sees; ``kind`` labels the refusal in metrics."""
+
+    kind = "refused"
+
+    def __init__(self, message: str, *, kind: str, status: int, path: str | None = None):
+        super().__init__(message, path=path)
+        self.kind = kind
+        self.status = status

@@ -460,3 +460,8 @@ def config_digest(value: Any) -> str:
 def make_event_id(*parts: str) -> str:
     """A stable 128-bit hex id from the given parts (order matters)."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def study_ref(uid: str) -> str:
+    """A short, non-reversible reference to a study for logs (no UIDs in logs)."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:10]

@@ -10,7 +10,6 @@ Connection failures and 5xx answers are :class:`SourceUnavailableError` (retriab
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import tempfile
 import urllib.error
@@ -20,6 +19,7 @@ from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 from triage.errors import SourceError, SourceUnavailableError
+from triage.multipart import boundary_of, iter_parts
 
 DICOMWEB_TIMEOUT_S = 30.0
 
@@ -65,17 +65,5 @@ def _retrieve(url: str, dest: Path, timeout: float) -> None:
 
 
 def split_multipart(body: bytes, content_type: str) -> list[bytes]:
-    """The bodies of a ``multipart/related`` payload (RFC 2046), headers stripped."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not match:
-        raise SourceError("DICOMweb answer is not multipart (no boundary)")
-    delimiter = b"--" + match.group(1).encode()
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, sep, payload = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        parts.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
-    return parts
+    """The bodies of a ``multipart/related`` payload, headers stripped."""
+    return [body[start:end] for _, start, end in iter_parts(body, boundary_of(content_type))]

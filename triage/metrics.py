@@ -55,6 +55,26 @@ CONSUMER_LAG = Gauge("triage_consumer_lag", "End offset minus committed offset",
 E2E_SECONDS = Histogram("triage_end_to_end_seconds", "From received_at to the priority event acknowledged",
                         buckets=_STAGE_BUCKETS + (300, 600), registry=REGISTRY)
 
+GW_INSTANCES = Counter("triage_gateway_instances_total",
+                       "Instances received by the gateway, by protocol and outcome (stored, duplicate, refused)",
+                       ["protocol", "outcome"], registry=REGISTRY)
+GW_BYTES = Counter("triage_gateway_bytes_total", "Bytes of instances stored by the gateway, by protocol",
+                   ["protocol"], registry=REGISTRY)
+GW_REFUSED = Counter("triage_gateway_refused_total",
+                     "Instances refused by the gateway, by reason (instance_budget, study_budget, bad_uid, ...)",
+                     ["reason"], registry=REGISTRY)
+GW_ASSOCIATIONS_REFUSED = Counter("triage_gateway_associations_refused_total",
+                                  "Associations and HTTP requests refused at the door, by reason",
+                                  ["reason"], registry=REGISTRY)
+GW_STUDIES = Counter("triage_gateway_studies_completed_total",
+                     "Study versions whose quiet window passed (their study event is in the outbox)",
+                     registry=REGISTRY)
+GW_OUTBOX = Gauge("triage_gateway_outbox_depth", "Study events written to the outbox and not yet acknowledged",
+                  registry=REGISTRY)
+GW_PUBLISH_SECONDS = Histogram("triage_gateway_publish_seconds",
+                               "From a study's last instance to its study event acknowledged by the broker",
+                               buckets=_STAGE_BUCKETS + (300, 600), registry=REGISTRY)
+
 
 def observe_event(event: PriorityEvent) -> None:
     STUDIES.labels(event.status.value).inc()

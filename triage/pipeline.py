@@ -6,7 +6,6 @@ together with the error, if any, so that a worker can decide to retry (``retriab
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from triage.dicom.decode import decode_series
 from triage.dicom.scan import ScanLimits, SeriesInfo, modality_label, survey_study
 from triage.errors import SchemaError, TriageError
 from triage.events import (UNKNOWN_SOURCE, ErrorInfo, Finding, PriorityEvent, Source, Status, StudyEvent,
-                           Timings, make_event_id, now_iso, parse_priority_event, to_dict)
+                           Timings, make_event_id, now_iso, parse_priority_event, study_ref, to_dict)
 from triage.fetch import local_study
 from triage.inference.guard import measure_volume
 from triage.inference.registry import ModelRegistry
@@ -30,11 +29,6 @@ log = logging.getLogger(__name__)
 class Outcome:
     event: PriorityEvent
     error: TriageError | None = None
-
-
-def study_ref(uid: str) -> str:
-    """A short, non-reversible reference to a study for logs (no UIDs in logs)."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
 class Pipeline:

@@ -64,20 +64,31 @@ class Settings:
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
         """Arguments (``overrides``, ``None`` meaning unset) win over ``TRIAGE_<NAME>`` variables."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = (overrides or {}).get(f.name)
-            if raw is None:
-                raw = environ.get(f"TRIAGE_{f.name.upper()}")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _coerce(f.name, f.type, raw)
-        return cls(**values)
+        return load_settings(cls, "TRIAGE_", overrides, environ)
+
+
+def load_settings(cls: type, prefix: str, overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Any:
+    """Build the settings dataclass ``cls`` once: ``overrides`` (``None`` meaning unset) win over
+    ``<prefix><NAME>`` environment variables, which win over the defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if not f.init:
+            continue
+        raw = (overrides or {}).get(f.name)
+        if raw is None:
+            raw = environ.get(f"{prefix}{f.name.upper()}")
+        if raw is None or raw == "":
+            continue
+        values[f.name] = _coerce(f.name, f.type, raw)
+    return cls(**values)
 
 
 def _coerce(name: str, type_name: Any, raw: Any) -> Any:
     text = str(type_name)
+    if not isinstance(raw, str):
+        return raw
     try:
         if "Path" in text:
             return Path(raw)

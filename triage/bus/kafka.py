@@ -247,11 +247,15 @@ class _Sent:
 class KafkaSink:
     def __init__(self, config: KafkaConfig):
         from kafka import KafkaProducer
+        from kafka.errors import KafkaError
 
         self.max_record_bytes = config.max_request_bytes
-        self._producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
-                                       max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000,
-                                       max_request_size=config.max_request_bytes, **config.client_args())
+        try:
+            self._producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                                           max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000,
+                                           max_request_size=config.max_request_bytes, **config.client_args())
+        except KafkaError as exc:
+            raise BusError(f"no Kafka broker answered at {config.bootstrap} ({type(exc).__name__})") from None
 
     def send(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> _Sent:
         from kafka.errors import KafkaError

@@ -1,5 +1,6 @@
-"""The Kafka tests run against a real Apache Kafka broker that this suite starts itself.
-Without Java or Maven they skip locally; under CI=true they fail instead."""
+"""Session-wide services. The Kafka tests (tests/bus, tests/gateway) share one real Apache Kafka
+broker that this suite starts itself. Without Java or Maven they skip locally; under CI=true
+they fail instead. ``pool`` gives a test its own topics and group on that broker."""
 from __future__ import annotations
 
 import pytest
