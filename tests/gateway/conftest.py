@@ -17,8 +17,9 @@ def gateways(broker, tmp_path, request):
     name = "gw-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
 
     def make(window_s: float = 1.0, extra: list[str] | None = None, bootstrap: str | None = None,
-             start: bool = True) -> GatewayProc:
-        topic = new_topic(broker.bootstrap, f"{name}{len(made)}.studies")
+             start: bool = True, topic: str | None = None) -> GatewayProc:
+        if topic is None:
+            topic = new_topic(broker.bootstrap, f"{name}{len(made)}.studies") if bootstrap is None else f"{name}.studies"
         g = GatewayProc(bootstrap or broker.bootstrap, tmp_path / f"store{len(made)}", topic, window_s, extra or [])
         made.append(g)
         return g.start() if start else g

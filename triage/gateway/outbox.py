@@ -63,15 +63,15 @@ class Publisher:
                 log.info("study %s version %d complete (%d instances)", study_ref(version.study_uid),
                          version.version, version.instances)
         pending = self.state.pending()
+        metrics.GW_OUTBOX.set(len(pending))
         if pending and self.sink is None:
             if now < self._connect_after:
                 return 0
             try:
                 self.sink = self.connect()
             except TriageError as exc:
-                self._connect_after = now + CONNECT_BACKOFF_S
+                self._connect_after = self.clock() + CONNECT_BACKOFF_S
                 log.warning("%s; %d study event(s) wait in the outbox", exc, len(pending))
-                metrics.GW_OUTBOX.set(len(pending))
                 return 0
         for entry in pending:
             key = (entry.study_uid, entry.version)
