@@ -56,6 +56,19 @@ def wado(model_setup):
     server.close()
 
 
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin on free loopback ports (Debian packages orthanc,
+    orthanc-dicomweb): the sending PACS of the gateway tests and the WADO-RS server of the
+    fetch tests."""
+    from tests.gateway.harness import Orthanc, need
+
+    need("Orthanc")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield server
+    server.stop()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

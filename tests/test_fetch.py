@@ -1,4 +1,4 @@
-"""triage/fetch.py: file:// in place, DICOMweb WADO-RS multipart retrieve over loopback."""
+"""triage/fetch.py: file:// in place; DICOMweb WADO-RS retrieve from a real Orthanc (its DICOMweb\nplugin), and from a hostile peer for what Orthanc will not do (answer 503, or stall)."""
 from __future__ import annotations
 
 import shutil
@@ -14,34 +14,49 @@ from triage.fetch import local_study
 
 @pytest.fixture
 def wado(tmp_path):
-    (tmp_path / "study").mkdir()
-    shutil.copy(ref("CT_small.dcm"), tmp_path / "study")
-    mr = pydicom.dcmread(ref("MR_small.dcm"))  # one study: the MR series joins the CT's study
-    mr.StudyInstanceUID = pydicom.dcmread(ref("CT_small.dcm")).StudyInstanceUID
-    mr.save_as(tmp_path / "study" / "MR_small.dcm")
+    """The hostile peer: answers 503 (busy), or slowly (see tests.helpers.StudyServer)."""
     server = StudyServer(tmp_path)
     yield server
     server.close()
 
 
-def test_dicomweb_study_is_retrieved_and_decodes(wado):
-    with local_study(wado.uri("study")) as folder:
+@pytest.fixture(scope="module")
+def mixed_study(orthanc, tmp_path_factory):
+    """CT_small and MR_small as one study, uploaded to the real Orthanc."""
+    folder = tmp_path_factory.mktemp("mixed")
+    ct = pydicom.dcmread(ref("CT_small.dcm"))
+    mr = pydicom.dcmread(ref("MR_small.dcm"))  # the MR series joins the CT's study
+    mr.StudyInstanceUID = ct.StudyInstanceUID
+    mr.PatientID, mr.PatientName = ct.PatientID, ct.PatientName  # Orthanc keys a study by patient too
+    mr.save_as(folder / "MR_small.dcm")
+    shutil.copy(ref("CT_small.dcm"), folder)
+    orthanc.upload(sorted(folder.iterdir()))
+    return ct.StudyInstanceUID
+
+
+def test_dicomweb_study_is_retrieved_from_orthanc_and_decodes(orthanc, mixed_study):
+    with local_study(orthanc.wado_uri(mixed_study)) as folder:
         series = scan_study(folder)
         assert sorted(s.modality for s in series) == ["CT", "MR"]
         mr = next(s for s in series if s.modality == "MR")
         assert decode_series(mr).array.shape == (1, 64, 64)
+        ct = next(s for s in series if s.modality == "CT")
+        assert decode_series(ct).array.shape == (1, 128, 128)
         kept = folder
     assert not kept.exists()  # the temporary copy is removed
 
 
-def test_server_errors_are_retriable_and_client_errors_are_not(wado):
+def test_unknown_study_on_orthanc_is_a_client_error(orthanc):
+    with pytest.raises(SourceError, match="answered 404") as err:
+        with local_study(orthanc.wado_uri("1.2.3.4.5.6.7.8.9")):
+            pass
+    assert not err.value.retriable
+
+
+def test_server_errors_are_retriable(wado):
     with pytest.raises(SourceUnavailableError, match="answered 503"):
         with local_study(wado.uri("busy")):
             pass
-    with pytest.raises(SourceError, match="answered 404") as err:
-        with local_study(wado.uri("unknown")):
-            pass
-    assert not err.value.retriable
 
 
 def test_slow_server_times_out_as_retriable(wado):

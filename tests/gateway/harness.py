@@ -166,7 +166,6 @@ class Orthanc:
     """Orthanc on free loopback ports, with the DICOMweb plugin, and triage as a modality."""
 
     home: Path
-    gateway_port: int = 0
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
@@ -183,13 +182,14 @@ class Orthanc:
                   "IndexDirectory": str(self.home / "db"), "HttpPort": self.http_port,
                   "DicomPort": self.dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
                   "AuthenticationEnabled": False, "HttpServerEnabled": True,
-                  "DicomModalities": {"triage": ["TRIAGE", "127.0.0.1", self.gateway_port]},
                   "Plugins": [plugin] if plugin else [],
                   "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
         (self.home / "orthanc.json").write_text(json.dumps(config))
         self.proc = subprocess.Popen(["Orthanc", str(self.home / "orthanc.json")],
                                      stdout=open(self.home / "orthanc.log", "w"), stderr=subprocess.STDOUT)
         wait_port(self.http_port, proc=self.proc)
+        if plugin is None or self.rest("GET", "/plugins/dicom-web").get("ID") != "dicom-web":
+            raise AssertionError("Orthanc started without its DICOMweb plugin")
         return self
 
     def rest(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"):
@@ -197,6 +197,15 @@ class Orthanc:
         with urllib.request.urlopen(request, timeout=60) as r:
             raw = r.read()
         return json.loads(raw) if raw else None
+
+    def send_to(self, ae_title: str, port: int, study_ids: set[str]) -> None:
+        """Ask Orthanc, over its REST API, to C-STORE studies to a modality on loopback."""
+        self.rest("PUT", "/modalities/triage", json.dumps({"AET": ae_title, "Host": "127.0.0.1", "Port": port}).encode())
+        self.rest("POST", "/modalities/triage/store",
+                  json.dumps({"Resources": sorted(study_ids), "Synchronous": True}).encode())
+
+    def wado_uri(self, study_uid: str) -> str:
+        return f"dicomweb+http://127.0.0.1:{self.http_port}/dicom-web/studies/{study_uid}"
 
     def upload(self, files: list[Path]) -> set[str]:
         """Orthanc's study IDs of the uploaded files."""
