@@ -59,6 +59,14 @@ def test_three_studies_at_once_give_three_events_and_files_as_sent(gateways, tmp
     text = gw.metrics()
     assert f'triage_gateway_instances_total{{outcome="stored",protocol="dimse"}} {float(len(files))}' in text
     assert "triage_gateway_studies_completed_total 3.0" in text
+    # the log names studies by a hash only: no UID, name or ID from the headers
+    log = gw.log_text()
+    assert "complete" in log and "published" in log
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for value in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, str(ds.PatientName),
+                      ds.PatientID):
+            assert not value or value not in log
 
 
 COMPRESSED = {"MR_small_RLE.dcm": "-xr", "MR_small_jp2klossless.dcm": "-xv", "MR_small_jpeg_ls_lossless.dcm": "-xt",

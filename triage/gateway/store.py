@@ -17,7 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from triage.errors import InstanceRefused
+from triage.dicom import scan
+from triage.errors import DecodeError, InstanceRefused
 from triage.events import RequestedPriority, is_uid
 from triage.gateway.state import Instance, StudyState, most_urgent
 
@@ -28,8 +29,7 @@ OUT_OF_RESOURCES = 0xA700
 DATA_SET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
-_HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber",
-                "RequestedProcedurePriority", "RequestAttributesSequence")
+_HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _MAX_ACCESSION = 16  # DICOM SH
 
 
@@ -41,14 +41,16 @@ class Stored:
 
 
 def read_header(path: Path, expected_sop: str | None = None) -> Instance:
-    """The UIDs and order fields of a spooled instance, checked; anything else is refused."""
-    import pydicom
-
+    """The UIDs and order fields of a spooled instance, read with the workers' own hardened
+    header reader (no pixel data, large values left on disk, pydicom kept quiet), and checked."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS), force=True)
+        ds, _ = scan.read_header(path.parent, path.name)
         uids = [str(ds.get(k, "") or "").strip() for k in _HEADER_TAGS[:3]]
         accession = str(ds.get("AccessionNumber", "") or "").strip()
         priority = _requested_priority(ds)
+    except DecodeError as exc:
+        raise InstanceRefused(f"header cannot be read ({exc.kind})", kind="unreadable",
+                              status=CANNOT_UNDERSTAND) from None
     except Exception as exc:  # noqa: BLE001 - a hostile header may break the parser anywhere
         raise InstanceRefused(f"header cannot be read ({type(exc).__name__})", kind="unreadable",
                               status=CANNOT_UNDERSTAND) from None
