@@ -76,10 +76,9 @@ class Bench:
     def __exit__(self, *exc):
         self.broker.down()
 
-    def run(self, processes: int, n: int, interval_s: float) -> dict:
-        """Send ``n`` studies ``interval_s`` apart (0: all at once) to a fresh worker host."""
-        from kafka import KafkaProducer
-
+    def worker(self, processes: int) -> tuple[subprocess.Popen, list[str], Receiver]:
+        """A fresh `triage worker` host on its own topics (studies, priority, dlq), and a receiver
+        of its priority events."""
         self.runs += 1
         name = f"bench{self.runs}"
         topics = [f"{name}.studies", f"{name}.priority", f"{name}.dlq"]
@@ -92,6 +91,13 @@ class Bench:
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         receiver = Receiver(self.broker.bootstrap, topics[1])
         receiver.start()
+        return host, topics, receiver
+
+    def run(self, processes: int, n: int, interval_s: float) -> dict:
+        """Send ``n`` studies ``interval_s`` apart (0: all at once) to a fresh worker host."""
+        from kafka import KafkaProducer
+
+        host, topics, receiver = self.worker(processes)
         producer = KafkaProducer(bootstrap_servers=self.broker.bootstrap, acks="all")
         try:
             warm = [f"2.25.{self.runs}{i}" for i in range(processes)]  # load every process's session first

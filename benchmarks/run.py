@@ -198,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_kafka:
             e2e_rows, extra = bench_e2e(raw, Path(tmp), e2e_n, interval, log)
             results += e2e_rows
+            from benchmarks.gateway import bench_gateway
+
+            log("gateway: storescu into triage gateway vs into dcmtk's storescp; last instance to priority event")
+            results += bench_gateway(raw, Path(tmp), repeats, log)
     doc = {"machine": machine(), "mode": "quick" if args.quick else "full",
            "inputs": {"slices": n, "matrix": size, "repeats": repeats, "e2e_studies": e2e_n},
            "results": results, "plots": plots(extra, args.out),

@@ -19,6 +19,8 @@ EPILOG = """examples:
   triage score path/to/study/             print one study's priority event as JSON
   triage models verify                    check every model's manifest and sha256
   triage worker --bootstrap 127.0.0.1:9092 --processes 2
+  triage gateway --bootstrap 127.0.0.1:9092 --store /data/studies    receive DICOM, publish study events
+  triage events --bootstrap 127.0.0.1:9092                           watch the priority events
 """
 
 
@@ -202,6 +204,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from triage.bus.kafka import KafkaConfig, read_topic
+
+    config = KafkaConfig.load(bootstrap=args.bootstrap, client_id="triage-events")
+    seen = 0
+    for value in read_topic(config, args.topic, from_beginning=args.from_beginning, idle_timeout_s=args.idle_timeout):
+        print(value.decode("utf-8", "replace") if value is not None else "null", flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            break
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from triage.bus.kafka import KafkaConfig, KafkaSink
     from triage.gateway.config import GatewaySettings
@@ -300,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-uid", help="StudyInstanceUID (default: read from the files)")
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser("events", help="print the events of a topic (default: triage.priority), one JSON per line",
+                       description="Print the records of a Kafka topic as they arrive, one per line, outside any "
+                                   "consumer group (nothing is committed). Handy to watch the worklist feed.")
+    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    p.add_argument("--topic", default="triage.priority", help="topic to read (default: triage.priority)")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the next one")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N records")
+    p.add_argument("--idle-timeout", type=float, metavar="S", help="stop after S seconds without a record")
+    p.set_defaults(func=cmd_events)
+
     p = sub.add_parser(
         "gateway", help="receive studies over DICOM (C-STORE) and STOW-RS; publish study events",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -337,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = {0: logging.WARNING if args.command in ("score", "models", "schemas", "submit") else logging.INFO,
+    quiet = ("score", "models", "schemas", "submit", "events")
+    level = {0: logging.WARNING if args.command in quiet else logging.INFO,
              1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.verbose < 2:

@@ -150,8 +150,9 @@ class StoreSCP:
 
     def start(self) -> "StoreSCP":
         self.out.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(["storescp", "-aet", "TRIAGE", "-od", str(self.out), "-uf", "+B",
-                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(["storescp", "-aet", "TRIAGE", "-od", str(self.out), "-uf", "+B", "-dhl",
+                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TCP_NODELAY": "1"})  # dcmtk: Nagle off only if asked
         wait_port(self.port, proc=self.proc)
         return self
 

@@ -275,3 +275,25 @@ class KafkaSink:
 
     def close(self) -> None:
         self._producer.close(timeout=10)
+
+
+def read_topic(config: KafkaConfig, topic: str, *, from_beginning: bool, idle_timeout_s: float | None):
+    """The values of ``topic`` as they arrive, outside any consumer group (nothing is committed);
+    stops once nothing has arrived for ``idle_timeout_s`` (None: never)."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(topic, group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest" if from_beginning else "latest", **config.client_args())
+    except KafkaError as exc:
+        raise BusError(f"no Kafka broker answered at {config.bootstrap} ({type(exc).__name__})") from None
+    try:
+        last = time.monotonic()
+        while idle_timeout_s is None or time.monotonic() - last < idle_timeout_s:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    last = time.monotonic()
+                    yield record.value
+    finally:
+        consumer.close(autocommit=False)

@@ -79,7 +79,11 @@ class StudyState:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss, not only a crash
+        # NORMAL: a commit survives a crash (kill -9) but its last transactions may not survive a
+        # power cut. That is enough, because the durable record of an instance is its fsynced file
+        # (rows lost that way are recovered from the store at start-up), a lost intent re-queues
+        # the study, and a lost "published" mark only publishes it again.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

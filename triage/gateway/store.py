@@ -116,7 +116,10 @@ class InstanceStore:
     def _place(self, spooled: Path, final: Path) -> None:
         with open(spooled, "rb+") as f:
             os.fsync(f.fileno())
-        final.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (final.parent.parent, final.parent):  # a new folder's own entry must be durable too
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(folder.parent)
         try:
             os.link(spooled, final)  # never replaces: a file already there is kept as it is
         except FileExistsError:
@@ -131,8 +134,7 @@ class InstanceStore:
             finally:
                 beside.unlink(missing_ok=True)
             return
-        for folder in (final.parent, final.parent.parent, self.root):
-            _fsync_dir(folder)
+        _fsync_dir(final.parent)
 
     def reconcile(self, window_s: float) -> int:
         """Record instances that reached the store but not the state (a crash between the link
