@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +30,12 @@ def test_orthanc_to_gateway_to_pool_gives_a_priority_event(orthanc, gateways, po
     [event] = events[uid]
     assert event["status"] == "scored"
     assert [f["code"] for f in event["findings"]] == ["brightspot"]
+    # what the README shows a user to watch the feed with
+    shown = subprocess.run([sys.executable, "-m", "triage.cli", "events", "--bootstrap", pool.broker.bootstrap,
+                            "--topic", pool.priority, "--from-beginning", "--count", "1", "--idle-timeout", "30"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout.splitlines()[0])["event_id"] == event["event_id"]
 
 
 def _stow_client(gw, **kwargs):

@@ -284,12 +284,17 @@ def read_topic(config: KafkaConfig, topic: str, *, from_beginning: bool, idle_ti
     from kafka.errors import KafkaError
 
     try:
-        consumer = KafkaConsumer(topic, group_id=None, enable_auto_commit=False,
+        consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
                                  auto_offset_reset="earliest" if from_beginning else "latest", **config.client_args())
     except KafkaError as exc:
         raise BusError(f"no Kafka broker answered at {config.bootstrap} ({type(exc).__name__})") from None
     try:
         last = time.monotonic()
+        while topic not in consumer.topics():  # a topic made after we subscribed would stay unseen for minutes
+            if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+                return
+            time.sleep(0.5)
+        consumer.subscribe([topic])
         while idle_timeout_s is None or time.monotonic() - last < idle_timeout_s:
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
