@@ -96,12 +96,17 @@ def bench_gateway(raw: Path, work: Path, repeats: int, log) -> list[dict]:
 
 
 if __name__ == "__main__":
+    import argparse
     import sys
     import tempfile
 
     from benchmarks.data import series_pair
 
+    parser = argparse.ArgumentParser(description="The gateway benchmark alone (make bench runs it with the rest).")
+    parser.add_argument("--full", action="store_true", help="the 300-slice 512x512 series (default: 60 x 256x256)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
     cache = Path(__file__).parent / "results" / "tmp"
-    raw, _ = series_pair(cache, 60, 256)
+    raw, _ = series_pair(cache, *((300, 512) if args.full else (60, 256)))
     with tempfile.TemporaryDirectory(prefix="triage-gwbench-") as tmp:
-        print(json.dumps(bench_gateway(raw, Path(tmp), 2, lambda m: print(m, file=sys.stderr)), indent=2))
+        print(json.dumps(bench_gateway(raw, Path(tmp), args.repeats, lambda m: print(m, file=sys.stderr)), indent=2))

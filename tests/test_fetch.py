@@ -1,10 +1,9 @@
 """triage/fetch.py: file:// in place; DICOMweb WADO-RS retrieve from a real Orthanc (its DICOMweb\nplugin), and from a hostile peer for what Orthanc will not do (answer 503, or stall)."""
 from __future__ import annotations
 
-import shutil
-
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from tests.helpers import StudyServer, ref
 from triage.dicom import decode_series, scan_study
@@ -22,16 +21,20 @@ def wado(tmp_path):
 
 @pytest.fixture(scope="module")
 def mixed_study(orthanc, tmp_path_factory):
-    """CT_small and MR_small as one study, uploaded to the real Orthanc."""
+    """CT_small and MR_small as one study of its own, uploaded to the real Orthanc.
+
+    The Orthanc is shared by the session (the gateway tests send CT_small-derived series to it),
+    so this study gets a fresh StudyInstanceUID rather than CT_small's."""
     folder = tmp_path_factory.mktemp("mixed")
+    study = generate_uid(entropy_srcs=["test_fetch.mixed_study"])
     ct = pydicom.dcmread(ref("CT_small.dcm"))
-    mr = pydicom.dcmread(ref("MR_small.dcm"))  # the MR series joins the CT's study
-    mr.StudyInstanceUID = ct.StudyInstanceUID
-    mr.PatientID, mr.PatientName = ct.PatientID, ct.PatientName  # Orthanc keys a study by patient too
-    mr.save_as(folder / "MR_small.dcm")
-    shutil.copy(ref("CT_small.dcm"), folder)
+    mr = pydicom.dcmread(ref("MR_small.dcm"))
+    for ds, name in ((ct, "CT_small.dcm"), (mr, "MR_small.dcm")):
+        ds.StudyInstanceUID = study
+        ds.PatientID, ds.PatientName = "FETCH1", "Fetch^Test"  # Orthanc keys a study by patient too
+        ds.save_as(folder / name)
     orthanc.upload(sorted(folder.iterdir()))
-    return ct.StudyInstanceUID
+    return study
 
 
 def test_dicomweb_study_is_retrieved_from_orthanc_and_decodes(orthanc, mixed_study):
