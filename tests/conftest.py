@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bus.kafka_harness import Broker, Pool, free_port, java_and_maven_missing
-from tests.helpers import StudyServer, in_ci, make_model_dir, rules_file, write_series
+from tests.helpers import StudyServer, in_ci, make_model_dir, need, rules_file, write_series
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def orthanc(tmp_path_factory):
     """A real Orthanc with its DICOMweb plugin on free loopback ports (Debian packages orthanc,
     orthanc-dicomweb): the sending PACS of the gateway tests and the WADO-RS server of the
     fetch tests."""
-    from tests.gateway.harness import Orthanc, need
+    from tests.gateway.harness import Orthanc
 
     need("Orthanc")
     server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import shutil
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 import yaml
 from pydicom.uid import generate_uid
 
@@ -135,6 +137,17 @@ def rules_file(path: Path, rules: list[dict]) -> Path:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+def need(*tools: str) -> None:
+    """Skip (fail under CI=true) when a Debian tool is missing; .ci/run installs them all
+    (dcmtk, orthanc, orthanc-dicomweb, dicom3tools, prometheus, openssl)."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        why = f"needs {', '.join(missing)} (Debian packages; .ci/run installs them)"
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)
 
 
 def _loopback_peer_pid(local_port: int) -> int | None:

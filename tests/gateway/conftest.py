@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from tests.gateway.harness import GatewayProc, need, new_topic
+from tests.gateway.harness import GatewayProc, new_topic
+from tests.helpers import need
 
 
 @pytest.fixture

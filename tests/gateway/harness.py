@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,22 +14,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 
 from tests.bus.kafka_harness import create_topics, free_port, read_all
-from tests.helpers import ROOT, in_ci
+from tests.helpers import ROOT
 
 DICOMDIR_TESTS = "dicomdirtests"  # real multi-instance studies shipped with pydicom
-
-
-def need(*tools: str) -> None:
-    """Skip (fail under CI=true) when a Debian tool is missing; .ci/run installs them."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        why = f"needs {', '.join(missing)} (Debian packages dcmtk, orthanc, orthanc-dicomweb; .ci/run installs them)"
-        if in_ci():
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 def real_study(name: str) -> list[Path]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.gateway.harness import need, real_study, storescu, study_events
-from tests.helpers import ref, write_series
+from tests.gateway.harness import real_study, storescu, study_events
+from tests.helpers import need, ref, write_series
 
 pytestmark = pytest.mark.kafka
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.gateway.harness import StoreSCP, dataset_bytes, need, real_study, storescu, study_events
-from tests.helpers import ref
+from tests.gateway.harness import StoreSCP, dataset_bytes, real_study, storescu, study_events
+from tests.helpers import need, ref
 from triage.events import parse_study_event
 
 pytestmark = pytest.mark.kafka
