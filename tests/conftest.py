@@ -1,7 +1,9 @@
-"""Session-wide services. The Kafka tests (tests/bus, tests/gateway) share one real Apache Kafka
+"""Session-wide services. The Kafka tests (tests/bus, tests/gateway, tests/ops) share one real Apache Kafka
 broker that this suite starts itself. Without Java or Maven they skip locally; under CI=true
 they fail instead. ``pool`` gives a test its own topics and group on that broker."""
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 
@@ -67,6 +69,33 @@ def orthanc(tmp_path_factory):
     server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def gateways(broker, tmp_path, request):
+    """``make(window_s=1.0, extra=[...], bootstrap=None)``: a started `triage gateway` process with its
+    own store and study topic on the session's broker (dcmtk required: skip locally, fail under CI)."""
+    from tests.gateway.harness import GatewayProc, new_topic
+
+    need("storescu", "echoscu")
+    made: list[GatewayProc] = []
+    name = "gw-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+
+    def make(window_s: float = 1.0, extra: list[str] | None = None, bootstrap: str | None = None,
+             start: bool = True, topic: str | None = None) -> GatewayProc:
+        if topic is None:
+            topic = new_topic(broker.bootstrap, f"{name}{len(made)}.studies") if bootstrap is None else f"{name}.studies"
+        g = GatewayProc(bootstrap or broker.bootstrap, tmp_path / f"store{len(made)}", topic, window_s, extra or [])
+        made.append(g)
+        return g.start() if start else g
+
+    yield make
+    for g in made:
+        g.kill9()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for g in made:
+            print(f"--- {g.log.name} ---\n{g.log_text()[-4000:]}")
 
 
 @pytest.hookimpl(hookwrapper=True)

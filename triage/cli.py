@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from triage import __version__
@@ -157,17 +158,41 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_models_or_linger(settings, linger_s: float) -> None:
+    """Verify every model folder (manifest and sha256) and export the outcome per model. A
+    worker that refuses to start stays up for ``linger_s`` with /metrics served, so that
+    Prometheus scrapes the failure (the TriageModelVerificationFailed alert) before it exits."""
+    from triage import metrics
+    from triage.errors import ModelError
+    from triage.inference.registry import check_models
+
+    checks = check_models(settings.models_dir)
+    for check in checks:
+        metrics.MODEL_VERIFIED.labels(check.folder).set(1 if check.ok else 0)
+    failed = [c for c in checks if not c.ok]
+    if not failed:
+        return
+    print(f"triage: {failed[0].message}", file=sys.stderr, flush=True)
+    if settings.metrics_port and linger_s > 0:
+        print(f"triage: not joining the group; /metrics stays up {linger_s:g} s so the failure is scraped",
+              file=sys.stderr, flush=True)
+        time.sleep(linger_s)
+    raise ModelError(f"{len(failed)} model folder(s) failed verification; the worker did not start")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from triage import metrics
-    from triage.bus.kafka import KafkaConfig, KafkaSink, KafkaSource
+    from triage.bus.kafka import KafkaConfig, KafkaSink, KafkaSource, check_connection
     from triage.pipeline import Pipeline
     from triage.worker.host import Host, HostOptions, Topics
     from triage.worker.pool import WorkerPool
 
     settings = _settings(args)
     kafka = KafkaConfig.load(bootstrap=args.bootstrap, group=args.group)
-    pipeline = Pipeline.from_settings(settings)  # fail fast: models verified before joining the group
     metrics.serve(settings.metrics_port, settings.metrics_host)
+    _verify_models_or_linger(settings, args.failed_start_linger)
+    pipeline = Pipeline.from_settings(settings)  # fail fast: models verified before joining the group
+    check_connection(kafka)  # one line naming the cause: certificate, password, protocol, or no broker
     topics = Topics(studies=args.in_topic, priority=args.out_topic, dlq=args.dlq_topic)
     options = HostOptions(max_in_flight=args.max_in_flight or 2 * settings.processes,
                           retry_attempts=args.retry_attempts, retry_backoff_s=args.retry_backoff,
@@ -181,7 +206,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from triage.bus.kafka import KafkaConfig, KafkaSink
+    from triage.bus.kafka import KafkaConfig, KafkaSink, check_connection
     from triage.events import STUDY_SCHEMA, now_iso, parse_study_event, to_json
 
     folder = Path(args.study_dir)
@@ -193,7 +218,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "source": {"uri": folder.resolve().as_uri()}, "received_at": now_iso(),
         "accession_number": args.accession, "requested_priority": args.requested_priority,
         "patient_class": args.patient_class})
-    sink = KafkaSink(KafkaConfig.load(bootstrap=args.bootstrap))
+    config = KafkaConfig.load(bootstrap=args.bootstrap)
+    check_connection(config)
+    sink = KafkaSink(config)
     handle = sink.send(args.topic, study.study_instance_uid.encode(), to_json(study).encode())
     sink.flush(30.0)
     if handle.error() is not None:
@@ -205,9 +232,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from triage.bus.kafka import KafkaConfig, read_topic
+    from triage.bus.kafka import KafkaConfig, check_connection, read_topic
 
     config = KafkaConfig.load(bootstrap=args.bootstrap, client_id="triage-events")
+    check_connection(config)
     seen = 0
     for value in read_topic(config, args.topic, from_beginning=args.from_beginning, idle_timeout_s=args.idle_timeout):
         print(value.decode("utf-8", "replace") if value is not None else "null", flush=True)
@@ -218,7 +246,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from triage.bus.kafka import KafkaConfig, KafkaSink
+    from triage.bus.kafka import KafkaConfig, KafkaSink, check_connection
+    from triage.errors import BusError, BusSecurityError
     from triage.gateway.config import GatewaySettings
     from triage.gateway.service import Gateway
 
@@ -230,6 +259,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if not args.verbose:  # a broker that is down is expected here: the outbox logs it once per try
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
     kafka = KafkaConfig.load(bootstrap=args.bootstrap, client_id="triage-gateway")
+    try:  # a refusal (certificate, password, protocol) stops the gateway; a broker that is down does not
+        check_connection(kafka, timeout_s=5.0)
+    except BusSecurityError:
+        raise
+    except BusError as exc:
+        log.warning("%s; receiving anyway, study events wait in the outbox", exc)
     gateway = Gateway(settings, lambda: KafkaSink(kafka))
     gateway.start()
     signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
@@ -305,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a study that kills its worker process N times fails as 'worker_crash' (default: 2)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     p.add_argument("--metrics-port", type=int, default=9464, help="serve /metrics here; 0: off (default: 9464)")
+    p.add_argument("--failed-start-linger", type=float, default=60.0, metavar="S",
+                   help="when a model fails verification at start, keep /metrics up this long before exiting, "
+                        "so Prometheus sees triage_model_verified 0 (default: 60; 0: exit at once)")
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_worker)
 

@@ -157,6 +157,14 @@ class BusError(TriageError):
     retriable = True
 
 
+class BusSecurityError(BusError):
+    """The broker answered but refused us: an untrusted certificate, a refused SASL login, or
+    a security protocol that does not match the listener. Retrying cannot help."""
+
+    kind = "bus_security"
+    retriable = False
+
+
 # --- gateway --------------------------------------------------------------------------
 class InstanceRefused(TriageError):
     """An instance the gateway will not store. ``status`` is the DICOM C-STORE status the

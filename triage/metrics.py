@@ -52,6 +52,9 @@ REBALANCES = Counter("triage_rebalances_total", "Partition assignments and revoc
                      registry=REGISTRY)
 CONSUMER_LAG = Gauge("triage_consumer_lag", "End offset minus committed offset", ["topic", "partition"],
                      registry=REGISTRY)
+MODEL_VERIFIED = Gauge("triage_model_verified",
+                       "1 when the model folder's manifest and sha256 verified at start, 0 when it failed",
+                       ["model"], registry=REGISTRY)
 E2E_SECONDS = Histogram("triage_end_to_end_seconds", "From received_at to the priority event acknowledged",
                         buckets=_STAGE_BUCKETS + (300, 600), registry=REGISTRY)
 

@@ -26,39 +26,127 @@ def free_port() -> int:
 
 @dataclass
 class Broker:
+    """One node started by ``scripts/kafka/broker.sh``: PLAINTEXT, or with ``secure`` a SASL_SSL
+    listener (a throw-away CA, SCRAM-SHA-512 users) whose client settings the script writes."""
+
     port: int
     data: Path
+    secure: bool = False
+    replication: int = 1
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def up(self) -> None:
-        subprocess.run([str(BROKER_SH), "up", str(self.port), str(self.data)], check=True, timeout=600,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _broker_sh("secure-up" if self.secure else "up", str(self.port), str(self.data), timeout=600)
 
     def down(self) -> None:
-        subprocess.run([str(BROKER_SH), "down", str(self.data)], check=False, timeout=120,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _broker_sh("down", str(self.data), check=False)
+
+    def env(self) -> dict[str, str]:
+        """The TRIAGE_KAFKA_* variables a triage process needs for this broker."""
+        if not self.secure:
+            return {}
+        lines = (self.data / "client.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    def client_args(self) -> dict:
+        """kafka-python arguments for the test's own clients (admin, producer, reader)."""
+        args = {"bootstrap_servers": self.bootstrap}
+        if self.secure:
+            e = self.env()
+            args.update(security_protocol=e["TRIAGE_KAFKA_SECURITY_PROTOCOL"], sasl_mechanism=e["TRIAGE_KAFKA_SASL_MECHANISM"],
+                        sasl_plain_username=e["TRIAGE_KAFKA_SASL_USERNAME"],
+                        sasl_plain_password=e["TRIAGE_KAFKA_SASL_PASSWORD"], ssl_cafile=e["TRIAGE_KAFKA_SSL_CAFILE"])
+        return args
+
+
+@dataclass
+class Cluster:
+    """A controller and ``n`` brokers on loopback (``broker.sh cluster-up``): replication factor
+    ``n`` and min.insync.replicas ``n - 1``. Brokers are numbered from 1."""
+
+    data: Path
+    n: int = 3
+
+    @property
+    def replication(self) -> int:
+        return self.n
+
+    @property
+    def bootstrap(self) -> str:
+        return (self.data / "bootstrap").read_text().strip()
+
+    def up(self) -> None:
+        _broker_sh("cluster-up", str(self.data), str(self.n), timeout=600)
+
+    def down(self) -> None:
+        _broker_sh("down", str(self.data), check=False)
+
+    def pid(self, broker: int) -> int | None:
+        f = self.data / f"broker{broker}" / "broker.pid"
+        return int(f.read_text()) if f.exists() else None
+
+    def kill9(self, broker: int) -> None:
+        pid = self.pid(broker)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+            (self.data / f"broker{broker}" / "broker.pid").unlink()
+
+    def start(self, broker: int) -> None:
+        _broker_sh("start", str(self.data / f"broker{broker}"), timeout=180)
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def client_args(self) -> dict:
+        return {"bootstrap_servers": self.bootstrap.split(",")}
+
+
+def _reap(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def _broker_sh(*args: str, timeout: float = 120, check: bool = True) -> None:
+    done = subprocess.run([str(BROKER_SH), *args], timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"broker.sh {args[0]} failed:\n{done.stdout[-3000:]}")
+
+
+def _client(target) -> dict:
+    """kafka-python arguments for ``target``: a bootstrap string, a Broker or a Cluster."""
+    return {"bootstrap_servers": target} if isinstance(target, str) else target.client_args()
 
 
 MAX_MESSAGE_BYTES = 8 << 20  # the studies topic takes records larger than the producer's 1 MiB default
 
 
-def create_topics(bootstrap: str, names: list[str], partitions: int = 4, configs: dict | None = None) -> None:
+def create_topics(bootstrap, names: list[str], partitions: int = 4, configs: dict | None = None) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**_client(bootstrap))
+    replication = getattr(bootstrap, "replication", 1)
+    if replication > 1:  # what the README recommends for production topics
+        configs = {"min.insync.replicas": str(replication - 1), **(configs or {})}
     try:
-        admin.create_topics([NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in names])
+        admin.create_topics([NewTopic(n, partitions, replication, topic_configs=configs or {}) for n in names])
     finally:
         admin.close()
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+def produce(bootstrap, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=MAX_MESSAGE_BYTES)
+    p = KafkaProducer(acks="all", max_request_size=MAX_MESSAGE_BYTES, **_client(bootstrap))
     for key, value in records:
         p.send(topic, key=key, value=value)
     p.flush(30)
@@ -72,12 +160,12 @@ def study_event(uid: str, uri: str) -> bytes:
                        "received_at": now_iso()}).encode()
 
 
-def read_all(bootstrap: str, topic: str, *, until=None, timeout: float = 120.0):
+def read_all(bootstrap, topic: str, *, until=None, timeout: float = 120.0):
     """Every record of ``topic`` from the start, until ``until(records)`` holds or time runs out."""
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                      enable_auto_commit=False)
+    c = KafkaConsumer(topic, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+                      **_client(bootstrap))
     records = []
     deadline = time.monotonic() + timeout
     try:
@@ -102,11 +190,11 @@ def events_by_study(records) -> dict[str, list[dict]]:
     return out
 
 
-def committed_and_end(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+def committed_and_end(bootstrap, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
     from kafka import KafkaConsumer, TopicPartition
 
     # a consumer of the group that never subscribes only reads the group's commits
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    c = KafkaConsumer(group_id=group, enable_auto_commit=False, **_client(bootstrap))
     try:
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         end = {tp.partition: off for tp, off in c.end_offsets(parts).items()}
@@ -159,7 +247,7 @@ class Host:
 class Pool:
     """Topics, group and model folder for one test; starts hosts against the broker."""
 
-    broker: Broker
+    broker: Broker | Cluster
     name: str
     tmp: Path
     models: Path
@@ -168,9 +256,8 @@ class Pool:
     hosts: list[Host] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        create_topics(self.broker.bootstrap, [self.studies], self.partitions,
-                      {"max.message.bytes": str(MAX_MESSAGE_BYTES)})
-        create_topics(self.broker.bootstrap, [self.priority, self.dlq], self.partitions)
+        create_topics(self.broker, [self.studies], self.partitions, {"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+        create_topics(self.broker, [self.priority, self.dlq], self.partitions)
 
     @property
     def studies(self) -> str:
@@ -195,24 +282,24 @@ class Pool:
                "--processes", str(processes), "--group", group or self.group, "--in-topic", self.studies,
                "--out-topic", self.priority, "--dlq-topic", self.dlq, "--models", str(self.models),
                "--rules", str(self.rules), "--metrics-port", "0", *(extra or [])]
-        full_env = {**os.environ, "TRIAGE_KAFKA_SESSION_TIMEOUT_MS": "10000", **(env or {})}
+        full_env = {**os.environ, "TRIAGE_KAFKA_SESSION_TIMEOUT_MS": "10000", **self.broker.env(), **(env or {})}
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=full_env)
         host = Host(proc, log)
         self.hosts.append(host)
         return host
 
     def submit(self, studies: list[tuple[str, str]]) -> None:
-        produce(self.broker.bootstrap, self.studies, [(uid.encode(), study_event(uid, uri)) for uid, uri in studies])
+        produce(self.broker, self.studies, [(uid.encode(), study_event(uid, uri)) for uid, uri in studies])
 
     def wait_for(self, uids: set[str], timeout: float = 120.0) -> dict[str, list[dict]]:
-        records = read_all(self.broker.bootstrap, self.priority, timeout=timeout,
+        records = read_all(self.broker, self.priority, timeout=timeout,
                            until=lambda rs: uids <= {json.loads(r.value)["study_instance_uid"] for r in rs})
         return events_by_study(records)
 
     def wait_committed(self, timeout: float = 30.0, group: str | None = None) -> tuple[dict[int, int], dict[int, int]]:
         deadline = time.monotonic() + timeout
         while True:
-            committed, end = committed_and_end(self.broker.bootstrap, group or self.group, self.studies)
+            committed, end = committed_and_end(self.broker, group or self.group, self.studies)
             if all(committed.get(p, 0) == off for p, off in end.items()) or time.monotonic() > deadline:
                 return committed, end
             time.sleep(0.5)

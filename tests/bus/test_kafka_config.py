@@ -43,3 +43,12 @@ def test_the_sasl_password_never_appears_in_the_settings_repr():
     config = KafkaConfig(bootstrap="127.0.0.1:9092", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                          sasl_username="triage", sasl_password="s3cret-Pa55")
     assert "s3cret-Pa55" not in repr(config) and "s3cret-Pa55" not in str(config)
+
+
+def test_check_connection_names_a_server_that_is_not_there():
+    from triage.bus.kafka import check_connection
+    from triage.errors import BusError, BusSecurityError
+
+    with pytest.raises(BusError, match=r"no Kafka broker answered at 127\.0\.0\.1:9 ") as err:
+        check_connection(KafkaConfig(bootstrap="127.0.0.1:9"), timeout_s=3)
+    assert not isinstance(err.value, BusSecurityError) and err.value.retriable

@@ -53,6 +53,7 @@ class GatewayProc:
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. a secured broker's TRIAGE_KAFKA_* settings
     proc: subprocess.Popen | None = None
     starts: int = 0
 
@@ -65,7 +66,7 @@ class GatewayProc:
                str(self.store), "--port", str(self.port), "--http-port", str(self.http_port), "--window-s",
                str(self.window_s), "--topic", self.topic, "--metrics-port", str(self.metrics_port), *self.extra]
         out = open(self.log, "a")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         self.starts += 1
         wait_port(self.port, proc=self.proc)
         wait_port(self.http_port, proc=self.proc)

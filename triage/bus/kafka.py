@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
 from triage.bus.base import AssignedCallback, Message, RevokedCallback, TopicPartition
-from triage.errors import BusError, ConfigError
+from triage.errors import BusError, BusSecurityError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,82 @@ class KafkaConfig:
             if getattr(self, name):
                 args[name] = getattr(self, name)
         return args
+
+
+# OpenSSL's verify codes that mean "we do not trust who signed it", and the hostname check
+_UNTRUSTED = {2, 18, 19, 20, 21, 27}
+_VERIFY_WORDS = {10: "has expired", 9: "is not yet valid", 62: "does not name this host"}
+
+
+def check_connection(config: KafkaConfig, timeout_s: float = 10.0) -> None:
+    """Connect to each bootstrap server as the clients will (TCP, TLS handshake, API versions,
+    SASL login) and say in one line why not, instead of a client that retries forever.
+
+    Raises :class:`BusSecurityError` when a broker answered but refused us (certificate,
+    password, security protocol) and :class:`BusError` when none answered in ``timeout_s``.
+    Returns when one server accepted the whole handshake."""
+    import ssl
+
+    from kafka import errors as kerr
+    from kafka.conn import BrokerConnection, ConnectionStates, get_ip_port_afi
+
+    args = {k: v for k, v in config.client_args().items() if k != "bootstrap_servers"}
+    args["request_timeout_ms"] = int(timeout_s * 1000)
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # our line says it; kafka-python's would repeat it, with its own words
+    unreachable = []
+    try:
+        for server in config.bootstrap.split(","):
+            host, port, afi = get_ip_port_afi(server.strip())
+            where = f"{host}:{port}"
+            conn = BrokerConnection(host, port, afi, **args)
+            deadline = time.monotonic() + timeout_s
+            last = conn.state
+            try:
+                while time.monotonic() < deadline:
+                    state = conn.connect()
+                    if state is ConnectionStates.CONNECTED:
+                        return
+                    if state is ConnectionStates.DISCONNECTED:
+                        break
+                    last = state
+                    time.sleep(0.02)
+                else:  # out of time mid-handshake: slow or overloaded, not a refusal
+                    unreachable.append(where)
+                    continue
+            except ssl.SSLCertVerificationError as exc:
+                said = _VERIFY_WORDS.get(exc.verify_code)
+                if said is None and exc.verify_code in _UNTRUSTED:
+                    said = f"is not signed by the CA in ssl_cafile ({config.ssl_cafile or 'the system CAs'})"
+                raise BusSecurityError(f"Kafka broker {where}: its TLS certificate {said or 'was refused'}") from None
+            except ssl.SSLError:
+                raise BusSecurityError(f"Kafka broker {where}: the TLS handshake failed "
+                                       f"(security protocol {config.security_protocol}; is the listener TLS?)") from None
+            except kerr.SaslAuthenticationFailedError:
+                raise BusSecurityError(f"Kafka broker {where}: SASL {config.sasl_mechanism} login as "
+                                       f"{config.sasl_username!r} was refused (wrong password or unknown user)") from None
+            except kerr.UnsupportedSaslMechanismError:
+                raise BusSecurityError(f"Kafka broker {where}: the listener does not offer SASL "
+                                       f"{config.sasl_mechanism}") from None
+            except kerr.KafkaError as exc:
+                raise BusSecurityError(f"Kafka broker {where}: the handshake failed ({type(exc).__name__})") from None
+            finally:
+                conn.close()
+            if last is ConnectionStates.AUTHENTICATING and "SASL" in config.security_protocol:
+                # the handshake and API versions went through; the broker hung up on our login
+                raise BusSecurityError(f"Kafka broker {where}: SASL {config.sasl_mechanism} login as "
+                                       f"{config.sasl_username!r} was refused (wrong password or unknown user)")
+            if last in (ConnectionStates.API_VERSIONS_SEND, ConnectionStates.API_VERSIONS_RECV,
+                        ConnectionStates.AUTHENTICATING, ConnectionStates.HANDSHAKE):
+                # it accepted TCP, then hung up on (or never answered) what we sent
+                want = "PLAINTEXT or SASL_PLAINTEXT" if "SSL" in config.security_protocol else "SSL or SASL_SSL"
+                raise BusSecurityError(f"Kafka broker {where}: it accepted the connection but did not answer "
+                                       f"{config.security_protocol}; its listener likely wants {want}")
+            unreachable.append(where)
+    finally:
+        kafka_log.setLevel(level)
+    raise BusError(f"no Kafka broker answered at {', '.join(unreachable)} (refused, or no answer in {timeout_s:g} s)")
 
 
 def _tp(tp) -> TopicPartition:
