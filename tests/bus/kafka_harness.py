@@ -147,10 +147,12 @@ def produce(bootstrap, topic: str, records: list[tuple[bytes, bytes | None]]) ->
     from kafka import KafkaProducer
 
     p = KafkaProducer(acks="all", max_request_size=MAX_MESSAGE_BYTES, **_client(bootstrap))
-    for key, value in records:
-        p.send(topic, key=key, value=value)
-    p.flush(30)
-    p.close()
+    try:
+        sent = [p.send(topic, key=key, value=value) for key, value in records]
+        for f in sent:
+            f.get(timeout=90)  # raises unless the broker acknowledged it: a test never loses its input silently
+    finally:
+        p.close()
 
 
 def study_event(uid: str, uri: str) -> bytes:
@@ -190,18 +192,29 @@ def events_by_study(records) -> dict[str, list[dict]]:
     return out
 
 
-def committed_and_end(bootstrap, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+def committed(bootstrap, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (0 where none)."""
     from kafka import KafkaConsumer, TopicPartition
 
     # a consumer of the group that never subscribes only reads the group's commits
-    c = KafkaConsumer(group_id=group, enable_auto_commit=False, **_client(bootstrap))
+    c = KafkaConsumer(group_id=group, enable_auto_commit=False, request_timeout_ms=30_000, **_client(bootstrap))
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        return {tp.partition: (c.committed(tp) or 0) for tp in parts}
+    finally:
+        c.close(autocommit=False)
+
+
+def committed_and_end(bootstrap, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(enable_auto_commit=False, **_client(bootstrap))
     try:
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         end = {tp.partition: off for tp, off in c.end_offsets(parts).items()}
-        committed = {tp.partition: (c.committed(tp) or 0) for tp in parts}
     finally:
         c.close(autocommit=False)
-    return committed, end
+    return committed(bootstrap, group, topic), end
 
 
 @dataclass
