@@ -7,21 +7,13 @@ import hashlib
 
 import pytest
 
-from tests.bus.kafka_harness import Broker, Pool, free_port, java_and_maven_missing
-from tests.helpers import StudyServer, in_ci, make_model_dir, need, rules_file, write_series
+from tests.bus.kafka_harness import Broker, free_port, pool_for, started
+from tests.helpers import StudyServer, make_model_dir, need, rules_file, write_series
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    missing = java_and_maven_missing()
-    if missing:
-        if in_ci():
-            pytest.fail(f"Kafka tests need a real broker but {missing}")
-        pytest.skip(f"Kafka tests need a real broker but {missing}")
-    b = Broker(port=free_port(), data=tmp_path_factory.mktemp("kafka"))
-    b.up()
-    yield b
-    b.down()
+    yield from started(Broker(port=free_port(), data=tmp_path_factory.mktemp("kafka")))
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +28,7 @@ def model_setup(tmp_path_factory):
 
 @pytest.fixture
 def pool(broker, model_setup, tmp_path, request):
-    models, rules, _ = model_setup
-    name = "t" + request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40]
-    p = Pool(broker, name, tmp_path, models, rules)
-    yield p
-    p.close()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(p.logs())
+    yield from pool_for(broker, "t", model_setup, tmp_path, request)
 
 
 @pytest.fixture

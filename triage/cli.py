@@ -264,7 +264,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except BusSecurityError:
         raise
     except BusError as exc:
-        log.warning("%s; receiving anyway, study events wait in the outbox", exc)
+        logging.getLogger("triage.gateway").warning("%s; receiving anyway, study events wait in the outbox", exc)
     gateway = Gateway(settings, lambda: KafkaSink(kafka))
     gateway.start()
     signal.signal(signal.SIGTERM, lambda *_: gateway.stop())

@@ -96,29 +96,39 @@ start() {
   echo "kafka: not ready after 120 s; see $node/broker.log" >&2; exit 1
 }
 
-up() {
-  local port="${1:-${KAFKA_PORT:-9092}}" data="${2:-$ROOT/.kafka}"
-  fetch
-  mkdir -p "$data"; data="$(cd "$data" && pwd)"
-  if running "$data"; then echo "kafka: already running (pid $(cat "$data/broker.pid")) on $(cat "$data/port")"; return 0; fi
-  local cport
-  if [ -f "$data/controller-port" ]; then cport="$(cat "$data/controller-port")"; else cport="$(free_port)"; fi
-  echo "$cport" > "$data/controller-port"
-  { cat <<PROPS
+# single_node PORT DATA_DIR: sets DATA (absolute) and CPORT (kept across restarts); returns 1
+# when a broker already runs there
+single_node() {
+  DATA="$2"; mkdir -p "$DATA"; DATA="$(cd "$DATA" && pwd)"
+  if running "$DATA"; then echo "kafka: already running (pid $(cat "$DATA/broker.pid")) on $(cat "$DATA/port")"; return 1; fi
+  if [ -f "$DATA/controller-port" ]; then CPORT="$(cat "$DATA/controller-port")"; else CPORT="$(free_port)"; fi
+  echo "$CPORT" > "$DATA/controller-port"
+}
+
+# single_node_props PORT LISTENER: a combined broker+controller whose one client listener is LISTENER
+single_node_props() {
+  cat <<PROPS
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.quorum.voters=1@127.0.0.1:$CPORT
+listeners=$2://127.0.0.1:$1,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=$2://127.0.0.1:$1
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$data/logs
+listener.security.protocol.map=$2:$2,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=$2
+log.dirs=$DATA/logs
 PROPS
-    common_props 1 1; } > "$data/server.properties"
-  format_node "$data" "$(cluster_id)"
-  echo "$port" > "$data/port"
-  start "$data"
+  common_props 1 1
+}
+
+up() {
+  local port="${1:-${KAFKA_PORT:-9092}}"
+  fetch
+  single_node "$port" "${2:-$ROOT/.kafka}" || return 0
+  single_node_props "$port" PLAINTEXT > "$DATA/server.properties"
+  format_node "$DATA" "$(cluster_id)"
+  echo "$port" > "$DATA/port"
+  start "$DATA"
 }
 
 # A throw-away CA and a broker certificate for 127.0.0.1 / localhost, in PEM (Kafka reads PEM
@@ -139,28 +149,17 @@ make_pki() {
 }
 
 secure_up() {
-  local port="${1:-${KAFKA_PORT:-9093}}" data="${2:-$ROOT/.kafka-secure}"
+  local port="${1:-${KAFKA_PORT:-9093}}" admin_pw user_pw
   command -v openssl >/dev/null || { echo "kafka: secure-up needs openssl" >&2; exit 1; }
   fetch
-  mkdir -p "$data"; data="$(cd "$data" && pwd)"
-  if running "$data"; then echo "kafka: already running (pid $(cat "$data/broker.pid")) on $(cat "$data/port")"; return 0; fi
+  single_node "$port" "${2:-$ROOT/.kafka-secure}" || return 0
+  local data="$DATA"
   make_pki "$data/pki"
-  local cport admin_pw user_pw
-  if [ -f "$data/controller-port" ]; then cport="$(cat "$data/controller-port")"; else cport="$(free_port)"; fi
-  echo "$cport" > "$data/controller-port"
   if [ -f "$data/secrets" ]; then . "$data/secrets"; else
     admin_pw="$(secret)"; user_pw="$(secret)"
     printf 'admin_pw=%s\nuser_pw=%s\n' "$admin_pw" "$user_pw" > "$data/secrets"; chmod 600 "$data/secrets"
   fi
-  { cat <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$cport
-listeners=SASL_SSL://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=SASL_SSL://127.0.0.1:$port
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=SASL_SSL
+  { single_node_props "$port" SASL_SSL; cat <<PROPS
 sasl.enabled.mechanisms=$SCRAM_MECHANISM
 sasl.mechanism.inter.broker.protocol=$SCRAM_MECHANISM
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin_pw";
@@ -170,9 +169,8 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$data/pki/ca.crt
 ssl.client.auth=none
 ssl.endpoint.identification.algorithm=https
-log.dirs=$data/logs
 PROPS
-    common_props 1 1; } > "$data/server.properties"
+  } > "$data/server.properties"
   chmod 600 "$data/server.properties"
   format_node "$data" "$(cluster_id)" \
     --add-scram "$SCRAM_MECHANISM=[name=admin,password=$admin_pw]" \

@@ -105,6 +105,45 @@ class Cluster:
         return {"bootstrap_servers": self.bootstrap.split(",")}
 
 
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Poll ``cond`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def started(kafka, what: str = "Kafka tests need a real broker"):
+    """Start a Broker or Cluster for a fixture and stop it after (a generator). Without Java or
+    Maven: skip locally, fail under CI=true."""
+    import pytest
+
+    from tests.helpers import in_ci
+
+    missing = java_and_maven_missing()
+    if missing:
+        (pytest.fail if in_ci() else pytest.skip)(f"{what}, but {missing}")
+    kafka.up()
+    try:
+        yield kafka
+    finally:
+        kafka.down()
+
+
+def pool_for(broker, prefix: str, model_setup, tmp_path, request):
+    """A test's own Pool on ``broker`` (a generator for fixtures): prints the hosts' logs when
+    the test failed."""
+    models, rules, _ = model_setup
+    p = Pool(broker, prefix + request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40], tmp_path,
+             models, rules)
+    yield p
+    p.close()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(p.logs())
+
+
 def _reap(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,35 +9,23 @@ from collections import Counter
 
 import pytest
 
-from tests.bus.kafka_harness import Cluster, Pool, committed as group_commits, java_and_maven_missing, produce, read_all, study_event
-from tests.helpers import in_ci
+from tests.bus.kafka_harness import (Cluster, committed as group_commits, pool_for, produce, read_all, started,
+                                     study_event, wait_until)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    missing = java_and_maven_missing()
-    if missing:
-        (pytest.fail if in_ci() else pytest.skip)(f"the cluster needs {missing}")
-    c = Cluster(tmp_path_factory.mktemp("kafka-cluster"), n=3)
-    c.up()
-    yield c
-    c.down()
+    yield from started(Cluster(tmp_path_factory.mktemp("kafka-cluster"), n=3), "the cluster tests need real brokers")
 
 
 @pytest.fixture
 def cluster_pool(cluster, model_setup, tmp_path, request):
-    models, rules, _ = model_setup
-    p = Pool(cluster, "c" + request.node.name.replace("_", "-")[:40], tmp_path, models, rules)
-    yield p
-    p.close()
+    yield from pool_for(cluster, "c", model_setup, tmp_path, request)
     for b in range(1, cluster.n + 1):  # the next test starts with every broker up
         if cluster.pid(b) is None:
             cluster.start(b)
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(p.logs())
 
 
 def leaders(cluster, topics: list[str]) -> Counter:
@@ -81,15 +69,8 @@ def settle_without(cluster, broker: int, topics: list[str], timeout: float = 120
             admin.close()
         return all(p["leader"] != broker and broker not in p["isr"] and len(p["isr"]) == cluster.n - 1 for p in parts)
 
-    _wait_until(settled, timeout, f"partitions to settle without broker {broker}")
+    wait_until(settled, timeout, f"partitions to settle without broker {broker}")
 
-
-def _wait_until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def _scored(pool) -> set[str]:
@@ -112,10 +93,10 @@ def test_300_studies_while_the_busiest_broker_is_killed_and_returns(cluster_pool
 
     sender = threading.Thread(target=send_steadily, daemon=True)
     sender.start()
-    _wait_until(lambda: len(_scored(pool)) >= 60, 120, "60 studies scored before the kill")
+    wait_until(lambda: len(_scored(pool)) >= 60, 120, "60 studies scored before the kill")
     [(victim, led)] = leaders(cluster, [pool.studies, pool.priority]).most_common(1)
     cluster.kill9(victim)
-    _wait_until(lambda: len(_scored(pool)) >= 150, 180, "150 studies scored with a broker down")
+    wait_until(lambda: len(_scored(pool)) >= 150, 180, "150 studies scored with a broker down")
     cluster.start(victim)
     sender.join(180)
     assert not sender.is_alive()

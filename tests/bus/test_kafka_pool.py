@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.bus.kafka_harness import read_all
+from tests.bus.kafka_harness import read_all, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
 
@@ -22,15 +22,8 @@ def _uids(prefix: str, n: int) -> list[str]:
 
 def _wait_for_events(pool, n: int) -> None:
     """Until ``n`` priority events are on the topic: work is in flight from then on."""
-    _wait_until(lambda: len(read_all(pool.broker.bootstrap, pool.priority, timeout=1)) >= n, 120, f"{n} events")
+    wait_until(lambda: len(read_all(pool.broker.bootstrap, pool.priority, timeout=1)) >= n, 120, f"{n} events")
 
-
-def _wait_until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_200_studies_4_partitions_3_processes(pool, studies):
@@ -49,7 +42,7 @@ def test_kill_9_of_a_worker_process_loses_nothing(pool, wado):
     uids = _uids("200", 24)
     pool.submit([(u, wado.uri("ct4", 0.5)) for u in uids])
     host = pool.start_host(processes=2)
-    _wait_until(lambda: len(host.worker_pids()) == 2, 60, "worker processes")
+    wait_until(lambda: len(host.worker_pids()) == 2, 60, "worker processes")
     _wait_for_events(pool, 3)
     os.kill(host.worker_pids()[0], signal.SIGKILL)
     events = pool.wait_for(set(uids), timeout=180)
@@ -66,7 +59,7 @@ def test_kill_9_of_a_host_while_another_runs(pool, wado):
     uids = _uids("300", 40)
     a = pool.start_host(processes=1)
     b = pool.start_host(processes=1)
-    _wait_until(lambda: "assigned 2 partition(s)" in a.log_text() and "assigned 2 partition(s)" in b.log_text(),
+    wait_until(lambda: "assigned 2 partition(s)" in a.log_text() and "assigned 2 partition(s)" in b.log_text(),
                 90, "both hosts to own partitions")
     pool.submit([(u, wado.uri("ct4", 0.3)) for u in uids])
     _wait_for_events(pool, 4)
@@ -83,7 +76,7 @@ def test_a_60_second_study_neither_evicts_nor_storms(pool, wado):
     slow, fast = "1.2.826.0.1.400.999", _uids("400", 20)
     env = {"TRIAGE_KAFKA_MAX_POLL_INTERVAL_MS": "15000", "TRIAGE_FETCH_TIMEOUT_S": "120"}
     host = pool.start_host(processes=2, env=env)
-    _wait_until(lambda: "assigned 4 partition(s)" in host.log_text(), 90, "assignment")
+    wait_until(lambda: "assigned 4 partition(s)" in host.log_text(), 90, "assignment")
     time.sleep(2)  # let the group settle: joining may take two rounds while topic metadata arrives
     before = len(host.log_text())
     pool.submit([(slow, wado.uri("ct4", 60))] + [(u, wado.uri("ct4", 0)) for u in fast])
@@ -101,7 +94,7 @@ def test_a_60_second_study_neither_evicts_nor_storms(pool, wado):
 def test_scaling_from_one_host_to_two_while_in_flight(pool, wado):
     uids = _uids("500", 60)
     a = pool.start_host(processes=2)
-    _wait_until(lambda: "assigned 4 partition(s)" in a.log_text(), 90, "assignment")
+    wait_until(lambda: "assigned 4 partition(s)" in a.log_text(), 90, "assignment")
     pool.submit([(u, wado.uri("ct4", 0.4)) for u in uids])
     _wait_for_events(pool, 6)
     b = pool.start_host(processes=2)
@@ -157,7 +150,7 @@ def test_poison_message_and_corrupt_study(pool, studies, tmp_path):
 def test_broker_restart_mid_run_loses_nothing(pool, wado):
     uids = _uids("700", 30)
     host = pool.start_host(processes=2)
-    _wait_until(lambda: "assigned 4 partition(s)" in host.log_text(), 90, "assignment")
+    wait_until(lambda: "assigned 4 partition(s)" in host.log_text(), 90, "assignment")
     pool.submit([(u, wado.uri("ct4", 0.5)) for u in uids])
     _wait_for_events(pool, 4)
     pool.broker.down()
@@ -173,7 +166,7 @@ def test_broker_restart_mid_run_loses_nothing(pool, wado):
 def test_sigterm_drains_in_flight_work_and_commits(pool, wado):
     uids = _uids("800", 4)
     host = pool.start_host(processes=2, extra=["--drain-timeout", "60"])
-    _wait_until(lambda: "assigned 4 partition(s)" in host.log_text(), 90, "assignment")
+    wait_until(lambda: "assigned 4 partition(s)" in host.log_text(), 90, "assignment")
     pool.submit([(u, wado.uri("ct4", 3)) for u in uids])
     time.sleep(2.0)  # all four are in flight: two running, two queued
     assert host.stop(timeout=90) == 0

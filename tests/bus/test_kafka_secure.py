@@ -13,34 +13,23 @@ import time
 import pydicom
 import pytest
 
-from tests.bus.kafka_harness import Broker, Pool, free_port, java_and_maven_missing
+from tests.bus.kafka_harness import Broker, free_port, pool_for, started
 from tests.gateway.harness import GatewayProc, new_topic, storescu, study_events
-from tests.helpers import ROOT, in_ci, need, write_series
+from tests.helpers import ROOT, need, write_series
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory):
-    missing = java_and_maven_missing()
-    if missing:
-        (pytest.fail if in_ci() else pytest.skip)(f"the secured broker needs {missing}")
     need("openssl")
-    b = Broker(port=free_port(), data=tmp_path_factory.mktemp("kafka-secure"), secure=True)
-    b.up()
-    yield b
-    b.down()
+    yield from started(Broker(port=free_port(), data=tmp_path_factory.mktemp("kafka-secure"), secure=True),
+                       "the secured-broker tests need a real broker")
 
 
 @pytest.fixture
 def secure_pool(secure_broker, model_setup, tmp_path, request):
-    models, rules, _ = model_setup
-    p = Pool(secure_broker, "s" + request.node.name.replace("_", "-")[:40], tmp_path, models, rules)
-    yield p
-    p.close()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(p.logs())
+    yield from pool_for(secure_broker, "s", model_setup, tmp_path, request)
 
 
 def test_broker_script_secures_the_listener(secure_broker):
