@@ -80,7 +80,10 @@ def bench_gateway(raw: Path, work: Path, repeats: int, log) -> list[dict]:
                     while not receiver.received and time.monotonic() < deadline and host.poll() is None:
                         time.sleep(0.02)
                     if not receiver.received:
-                        raise RuntimeError("no priority event for the study sent through the gateway")
+                        logs = sorted((work / "gateway").glob("bench*.log"))
+                        tail = logs[-1].read_text(errors="replace")[-3000:] if logs else ""
+                        raise RuntimeError(f"no priority event for the study sent through the gateway "
+                                           f"(worker exit {host.poll()}):\n{tail}")
                     latencies.append(min(receiver.received.values()) - sent)
                 finally:
                     gw.kill9()

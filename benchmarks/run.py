@@ -3,7 +3,9 @@
     python -m benchmarks.run            # full: 300-slice 512x512 head CT (make bench)
     python -m benchmarks.run --quick    # 60-slice 256x256 (make bench-quick)
 
-Writes benchmarks/results/latest.json and latest.md (and PNG plots), and prints the table.
+A full run writes benchmarks/results/latest.json and latest.md (and PNG plots), the committed
+results; --quick writes quick.json, quick.md and quick-*.png (ignored by git) and never touches
+them. Both print the table.
 """
 from __future__ import annotations
 
@@ -123,7 +125,7 @@ def bench_e2e(study: Path, work: Path, n: int, interval_s: float, log) -> tuple[
     return rows, {"latencies_s": lat, "throughput": per_hour}
 
 
-def plots(raw: dict, out: Path) -> list[str]:
+def plots(raw: dict, out: Path, prefix: str = "") -> list[str]:
     try:
         import matplotlib
 
@@ -139,8 +141,8 @@ def plots(raw: dict, out: Path) -> list[str]:
         ax.set_ylabel("studies")
         ax.set_title("End-to-end latency through Kafka (1 worker process)")
         fig.tight_layout()
-        fig.savefig(out / "latency.png", dpi=110)
-        made.append("latency.png")
+        fig.savefig(out / f"{prefix}latency.png", dpi=110)
+        made.append(f"{prefix}latency.png")
     if raw.get("throughput"):
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
         procs = sorted(raw["throughput"])
@@ -149,10 +151,19 @@ def plots(raw: dict, out: Path) -> list[str]:
         ax.set_ylabel("studies per hour")
         ax.set_title("Throughput scaling")
         fig.tight_layout()
-        fig.savefig(out / "scaling.png", dpi=110)
-        made.append("scaling.png")
+        fig.savefig(out / f"{prefix}scaling.png", dpi=110)
+        made.append(f"{prefix}scaling.png")
     plt.close("all")
     return made
+
+
+def write_results(doc: dict, out: Path) -> Path:
+    """``latest.json``/``.md`` for a full run, ``quick.json``/``.md`` for a quick one: a quick
+    run never overwrites the committed full-run results."""
+    stem = "quick" if doc["mode"] == "quick" else "latest"
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(table(doc["results"]) + "\n")
+    return out / f"{stem}.json"
 
 
 def table(results: list[dict]) -> str:
@@ -204,14 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             results += bench_gateway(raw, Path(tmp), repeats, log)
     doc = {"machine": machine(), "mode": "quick" if args.quick else "full",
            "inputs": {"slices": n, "matrix": size, "repeats": repeats, "e2e_studies": e2e_n},
-           "results": results, "plots": plots(extra, args.out),
+           "results": results, "plots": plots(extra, args.out, "quick-" if args.quick else ""),
            "seconds": round(time.perf_counter() - started, 1)}
-    (args.out / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = table(results)
-    (args.out / "latest.md").write_text(md + "\n")
+    written = write_results(doc, args.out)
     print()
-    print(md)
-    print(f"\nwrote {args.out / 'latest.json'} in {doc['seconds']} s")
+    print(table(results))
+    print(f"\nwrote {written} in {doc['seconds']} s")
     return 0
 
 

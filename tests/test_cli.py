@@ -127,3 +127,12 @@ def test_demo_shows_a_not_assessable_finding_and_pe_in_shadow(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "out" / "priority-events.jsonl").read_text().splitlines()]
     assert any(f["model"]["name"] == "pe" for e in events for f in e.get("shadow_findings", []))
     assert not any(f["model"]["name"] == "pe" for e in events for f in e["findings"])
+
+
+def test_worker_with_the_shipped_models_verifies_them_and_names_a_missing_broker():
+    # no --models: the shipped models/ are verified (as the README's command runs it), then the
+    # broker check says in one line that nothing answers
+    done = triage("worker", "--bootstrap", "127.0.0.1:9", "--metrics-port", "0")
+    assert done.returncode == 2, done.stderr
+    assert "triage: no Kafka broker answered at 127.0.0.1:9" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -37,10 +37,10 @@ class ModelCheck:
     manifest: Manifest | None = None
 
 
-def check_models(models_dir: str | Path) -> list[ModelCheck]:
-    """Validate every model folder under ``models_dir`` (manifest and hash)."""
+def check_models(models_dir: str | Path | None = None) -> list[ModelCheck]:
+    """Validate every model folder under ``models_dir`` (default: the shipped models/), manifest and hash."""
     results = []
-    root = Path(models_dir)
+    root = Path(models_dir) if models_dir else DEFAULT_MODELS
     if not root.is_dir():
         return results
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
