@@ -2,7 +2,8 @@
 
 Design for speed: geometry and the size budget are settled from the headers that
 :mod:`triage.dicom.scan` already read, the output array is allocated once, and files are
-decoded by a small thread pool (the codecs release the GIL) that writes straight into it.
+decoded by a small thread pool that writes straight into it. Compressed files go through the
+codec :mod:`triage.dicom.codecs` picks, which releases the GIL where one can.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from triage.dicom.codecs import plugin_for
 from triage.dicom.scan import NATIVE_SYNTAXES, ScanLimits, SeriesInfo, _int, quiet_pydicom, safe_name
 from triage.errors import (CorruptFileError, InconsistentSeriesError, MissingGeometryError,
                            MixedOrientationError, UnevenSpacingError, UnsupportedImageError,
@@ -314,6 +316,9 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
                 arr = _read_native(series.root / series.files[i], ds, offset)
                 if arr is None:
                     ds = pydicom.dcmread(series.root / series.files[i])
+                    plugin = plugin_for(str(ds.file_meta.get("TransferSyntaxUID", "")))
+                    if plugin:  # one file alone gets the codec's own threads (read by imagecodecs only)
+                        ds.pixel_array_options(decoding_plugin=plugin, j2k_threads=1 if len(slots) > 1 else threads)
                     arr = ds.pixel_array
         except (NotImplementedError, RuntimeError) as exc:
             raise UnsupportedImageError(f"cannot decode pixel data ({type(exc).__name__})", path=rel) from None
