@@ -51,3 +51,16 @@ def raw_bytes_limit(folder: Path) -> np.ndarray:
             f.readinto(memoryview(out)[pos:pos + n])
         pos += n
     return out
+
+
+def simpleitk_resample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """SimpleITK's linear resample onto the edge-aligned grid our models use: what
+    preprocessing ran before it resampled each axis on its own (the same values, to rounding)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
+    size = (int(shape[2]), int(shape[1]), int(shape[0]))
+    spacing = tuple(array.shape[2 - i] / size[i] for i in range(3))
+    origin = tuple(-0.5 + 0.5 * spacing[i] for i in range(3))
+    return sitk.GetArrayFromImage(sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, spacing,
+                                                image.GetDirection(), float(array.min()), sitk.sitkFloat32))

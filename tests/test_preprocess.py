@@ -89,3 +89,63 @@ def test_invalid_input_specs(data, message):
 
 def test_window_given_as_centre_and_width():
     assert InputSpec.from_dict({"shape": [1, 1, 1], "window": {"center": 40, "width": 80}}, "m").window == (0.0, 80.0)
+
+
+@pytest.mark.parametrize("src,dst", [((30, 64, 64), (8, 16, 16)), ((7, 20, 30), (13, 50, 9)), ((1, 96, 80), (1, 32, 32)),
+                                     ((12, 40, 40), (12, 40, 40)), ((5, 9, 11), (20, 3, 4))])
+def test_linear_resample_is_simpleitks_on_the_same_grid(src, dst):
+    """The models were trained on SimpleITK's linear resample; ours must give the same input."""
+    sitk = pytest.importorskip("SimpleITK")
+    vol = np.random.default_rng(3).normal(0, 300, src).astype(np.float32)
+    image = sitk.GetImageFromArray(vol)
+    size = (dst[2], dst[1], dst[0])
+    spacing = tuple(src[2 - i] / size[i] for i in range(3))
+    origin = tuple(-0.5 + 0.5 * spacing[i] for i in range(3))
+    expected = sitk.GetArrayFromImage(sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, spacing,
+                                                    image.GetDirection(), -9999.0, sitk.sitkFloat32))
+    out = resample(vol, (1.0, 1.0, 1.0), dst)
+    assert out.shape == dst and out.flags.c_contiguous
+    assert np.allclose(out, expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(300, 96), (300, 32), (10, 3), (512, 128), (480, 128), (3, 2)])
+def test_box_average_along_any_axis_matches_the_definition(n_in, n_out):
+    rng = np.random.default_rng(4)
+    for axis in range(3):
+        shape = [4, 5, 6]
+        shape[axis] = n_in
+        vol = rng.normal(40, 100, shape).astype(np.float32)
+        target = list(vol.shape)
+        target[axis] = n_out
+        # each output voxel: the integral of the piecewise-constant input over its box, divided by the width
+        src = np.moveaxis(vol.astype(np.float64), axis, 0)
+        cumulative = np.concatenate([np.zeros((1, *src.shape[1:])), np.cumsum(src, axis=0)])
+        edges = np.linspace(0, n_in, n_out + 1)
+        lo, frac = np.floor(edges).astype(int), edges - np.floor(edges)
+        lo = np.minimum(lo, n_in - 1)
+        frac[-1], lo[-1] = 1.0, n_in - 1
+        integral = cumulative[lo] + frac.reshape(-1, 1, 1) * src[lo]
+        expected = np.moveaxis((integral[1:] - integral[:-1]) / (n_in / n_out), 0, axis)
+        out = resample(vol, (1.0, 1.0, 1.0), tuple(target), antialias=True)
+        assert np.allclose(out, expected, atol=1e-3), axis
+
+
+def test_models_sharing_a_volume_get_the_same_inputs_through_the_cache_and_never_change_it():
+    rng = np.random.default_rng(5)
+    vol = rng.normal(40, 50, (60, 64, 64)).astype(np.float32)
+    before = vol.copy()
+    specs = [InputSpec(shape=(8, 32, 32), window=(0, 100)), InputSpec(shape=(8, 32, 32), window=(-50, 50)),
+             InputSpec(shape=(8, 32, 32), window=(0, 100), antialias=True),
+             InputSpec(shape=(20, 32, 32), window=(0, 100), antialias=True),
+             InputSpec(shape=(60, 64, 64), window=(0, 80))]  # already the model's shape: no resample at all
+    cache: dict = {}
+    sizes = []
+    for spec in specs + specs:  # the second round is served from the cache
+        shared = preprocess(vol, (1.0, 1.0, 1.0), spec, cache=cache)
+        alone = preprocess(vol, (1.0, 1.0, 1.0), spec)
+        assert np.array_equal(shared, alone)
+        assert np.array_equal(vol, before)  # windowing never writes into the volume or the cache
+        sizes.append(len(cache))
+    # three steps (z, y, x) per distinct shape and method; a second window on one grid, the
+    # volume's own shape and the second round add none
+    assert sizes == [3, 3, 6, 9, 9] + [9] * 5

@@ -90,12 +90,13 @@ class Pipeline:
                         clock["decode"] += time.perf_counter() - t
                     t = time.perf_counter()
                     measures = measure_volume(volume)  # once per series, for every model's guard
+                    shared: dict = {}  # preprocessing steps the series' models have in common
                     clock["infer"] += time.perf_counter() - t
                     for route in series_routes:
                         shadow = route.shadow or self.registry.manifests[route.model].mode == "shadow"
                         t = time.perf_counter()
                         try:
-                            found = self.registry.infer(route.model, volume, measures)
+                            found = self.registry.infer(route.model, volume, measures, shared)
                         except TriageError as exc:
                             if shadow:  # a shadow model's failure is its own: logged, never in the event
                                 log.warning("shadow model %s failed: %s", route.model, exc)
@@ -109,7 +110,7 @@ class Pipeline:
                         else:
                             findings.extend(found)
                             scored += 1
-                    del volume
+                    del volume, shared
             reasons = ([f"series {uid} not read: {exc}" for uid, exc in failures]
                        + [f"{f.label} not assessed: {f.not_assessable_reason}" for f in findings if not f.assessable]
                        + _summarise(notes))

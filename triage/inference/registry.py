@@ -82,14 +82,16 @@ class ModelRegistry:
         for name in self.manifests:
             self.session(name)
 
-    def infer(self, name: str, volume: Volume, measures: Measures | None = None) -> list[Finding]:
+    def infer(self, name: str, volume: Volume, measures: Measures | None = None,
+              cache: dict | None = None) -> list[Finding]:
         """Run one model on one decoded series; one :class:`Finding` per manifest finding. A
         series outside the model's training envelope (``measures``: the guard's view of it,
         measured here when not given) gives findings that are not assessable: their
-        probability stands, and they are never positive."""
+        probability stands, and they are never positive. ``cache``: one dict per volume,
+        passed to every model that reads it, so preprocessing they share is done once."""
         m = self.manifests[name]
         outside = assess(m.name, m.envelope, measures or measure_volume(volume), m.input.window)
-        x = preprocess(volume.array, volume.spacing_zyx, m.input, volume.z_positions)
+        x = preprocess(volume.array, volume.spacing_zyx, m.input, volume.z_positions, cache)
         started = time.perf_counter()
         out = self.session(name).run(x)
         log.debug("model %s ran in %.1f ms", name, (time.perf_counter() - started) * 1e3)
