@@ -1,5 +1,7 @@
-"""Benchmark inputs, generated reproducibly: a synthetic head-CT-like series written with
-pydicom, once uncompressed and once JPEG 2000 lossless, cached under results/tmp/."""
+"""Benchmark inputs, generated reproducibly and cached under results/tmp/: a synthetic
+head-CT-like series written with pydicom, once uncompressed and once JPEG 2000 lossless; the
+same voxels labelled as a contrast chest CT angiogram (routed to three models); and one chest
+radiograph."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import (CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian,
+                         JPEG2000Lossless, generate_uid)
 
 
 def _phantom(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -24,11 +27,16 @@ def _phantom(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(hu + 1024, 0, 4095).astype(np.uint16)
 
 
-def write_series(folder: Path, n: int, size: int, *, compress: bool, seed: int = 0) -> list[Path]:
+# What the headers say, per kind of study: (BodyPartExamined, SeriesDescription, ContrastBolusAgent)
+KINDS = {"head": ("HEAD", "BENCH HEAD", None), "chest_cta": ("CHEST", "BENCH CTA CHEST", "IOPAMIDOL")}
+
+
+def write_series(folder: Path, n: int, size: int, *, compress: bool, seed: int = 0, kind: str = "head") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     stored = _phantom(n, size, rng)
-    study, series, frame = (generate_uid(entropy_srcs=[f"bench-{seed}-{k}"]) for k in ("study", "series", "frame"))
+    body_part, description, agent = KINDS[kind]
+    study, series, frame = (generate_uid(entropy_srcs=[f"bench-{kind}-{seed}-{k}"]) for k in ("study", "series", "frame"))
     paths = []
     for i in range(n):
         ds = Dataset()
@@ -39,7 +47,9 @@ def write_series(folder: Path, n: int, size: int, *, compress: bool, seed: int =
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPClassUID = CTImageStorage
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.BodyPartExamined, ds.SeriesDescription = "CT", "HEAD", "BENCH HEAD"
+        ds.Modality, ds.BodyPartExamined, ds.SeriesDescription = "CT", body_part, description
+        if agent:
+            ds.ContrastBolusAgent = agent
         ds.PatientName, ds.PatientID = "Bench^Phantom", "BENCH"
         ds.InstanceNumber = i + 1
         ds.ImagePositionPatient = [-120.0, -120.0, i * 0.625]
@@ -59,15 +69,58 @@ def write_series(folder: Path, n: int, size: int, *, compress: bool, seed: int =
     return paths
 
 
+def write_radiograph(folder: Path, rows: int = 2500, cols: int = 2048, seed: int = 0) -> Path:
+    """One 12-bit chest radiograph (DX, MONOCHROME2, 0.17 mm detector pixels): lungs darker
+    than the mediastinum and the soft tissue around them, with detector noise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(-1, 1, rows), np.linspace(-1, 1, cols), indexing="ij")
+    image = np.full((rows, cols), 2600.0, np.float32)
+    for side in (-1, 1):
+        image[((x - side * 0.45) / 0.32) ** 2 + ((y + 0.05) / 0.7) ** 2 < 1] = 900
+    image[np.abs(x) > 0.92] = 300  # air beside the patient
+    image += rng.normal(0, 20, image.shape).astype(np.float32)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"bench-dx-{seed}"])
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = (generate_uid(entropy_srcs=[f"bench-dx-{seed}-{k}"])
+                                                 for k in ("study", "series"))
+    ds.Modality, ds.BodyPartExamined, ds.SeriesDescription = "DX", "CHEST", "BENCH CHEST PA"
+    ds.PatientName, ds.PatientID = "Bench^Phantom", "BENCH"
+    ds.ImagerPixelSpacing = [0.17, 0.17]
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.clip(image, 0, 4095).astype(np.uint16).tobytes()
+    path = folder / "dx.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def cached(folder: Path, write) -> Path:
+    """``folder``, written by ``write(folder)`` once and marked complete."""
+    marker = folder / ".complete"
+    if not marker.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        write(folder)
+        marker.touch()
+    return folder
+
+
 def series_pair(root: Path, n: int, size: int) -> tuple[Path, Path]:
     """(uncompressed folder, JPEG 2000 lossless folder), generated once per size."""
-    out = []
-    for compress in (False, True):
-        folder = root / f"head-{n}x{size}-{'j2k' if compress else 'raw'}"
-        marker = folder / ".complete"
-        if not marker.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            write_series(folder, n, size, compress=compress)
-            marker.touch()
-        out.append(folder)
-    return out[0], out[1]
+    return tuple(cached(root / f"head-{n}x{size}-{'j2k' if compress else 'raw'}",
+                        lambda folder, c=compress: write_series(folder, n, size, compress=c))
+                 for compress in (False, True))
+
+
+def chest_cta(root: Path, n: int, size: int) -> Path:
+    return cached(root / f"chest-cta-{n}x{size}", lambda folder: write_series(folder, n, size, compress=False,
+                                                                               kind="chest_cta"))
+
+
+def radiograph(root: Path) -> Path:
+    return cached(root / "dx-2500x2048", write_radiograph)

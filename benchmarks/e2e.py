@@ -93,18 +93,22 @@ class Bench:
         receiver.start()
         return host, topics, receiver
 
-    def run(self, processes: int, n: int, interval_s: float) -> dict:
-        """Send ``n`` studies ``interval_s`` apart (0: all at once) to a fresh worker host."""
+    def run(self, processes: int, n: int, interval_s: float, study: Path | None = None) -> dict:
+        """Send ``n`` studies ``interval_s`` apart (0: all at once) to a fresh worker host;
+        ``study``: the folder every event points at (default: the bench's own)."""
         from kafka import KafkaProducer
 
+        study = study or self.study
+        started = time.perf_counter()
         host, topics, receiver = self.worker(processes)
         producer = KafkaProducer(bootstrap_servers=self.broker.bootstrap, acks="all")
         try:
             warm = [f"2.25.{self.runs}{i}" for i in range(processes)]  # load every process's session first
             for uid in warm:
-                producer.send(topics[0], key=uid.encode(), value=study_event(uid, self.study.as_uri()))
+                producer.send(topics[0], key=uid.encode(), value=study_event(uid, study.as_uri()))
             producer.flush()
             self._wait(receiver, set(warm), host, 300)
+            cold_start = min(receiver.received[u] for u in warm) - started
             sent: dict[str, float] = {}
             uids = [f"2.25.{self.runs}9{i:04d}" for i in range(n)]
             start = time.perf_counter()
@@ -112,13 +116,13 @@ class Bench:
                 target = start + i * interval_s
                 time.sleep(max(0.0, target - time.perf_counter()))
                 sent[uid] = time.perf_counter()
-                producer.send(topics[0], key=uid.encode(), value=study_event(uid, self.study.as_uri()))
+                producer.send(topics[0], key=uid.encode(), value=study_event(uid, study.as_uri()))
                 producer.flush()
             self._wait(receiver, set(uids), host, 900)
             wall = max(receiver.received[u] for u in uids) - start
             rss = _worker_rss_mb(host.pid)
             return {"latencies_s": sorted(receiver.received[u] - sent[u] for u in uids), "wall_s": wall,
-                    "n": n, "processes": processes, "peak_rss_mb": rss}
+                    "n": n, "processes": processes, "peak_rss_mb": rss, "cold_start_s": cold_start}
         finally:
             producer.close()
             receiver.stop.set()

@@ -150,8 +150,10 @@ def list_files(root: Path, limits: ScanLimits = ScanLimits()) -> tuple[list[str]
 def quiet_pydicom() -> Iterator[None]:
     """pydicom's warnings and log lines quote tag values; none of them may reach a log."""
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    for name in ("pydicom", "openjpeg", "pylibjpeg", "libjpeg", "rle"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name in ("pydicom", "openjpeg", "pylibjpeg", "libjpeg", "rle", "imagecodecs"):
+        logger = logging.getLogger(name)
+        if logger.level != logging.CRITICAL:  # setLevel clears every logger's cache: once, not per file
+            logger.setLevel(logging.CRITICAL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
