@@ -38,8 +38,8 @@ def machine() -> dict:
     except OSError:
         pass
     versions = {}
-    for dist in ("numpy", "pydicom", "pylibjpeg-openjpeg", "SimpleITK", "onnxruntime", "torch", "monai",
-                 "kafka-python"):
+    for dist in ("numpy", "pydicom", "pylibjpeg-openjpeg", "imagecodecs", "SimpleITK", "onnxruntime", "torch",
+                 "monai", "kafka-python"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
