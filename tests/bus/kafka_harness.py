@@ -185,7 +185,10 @@ def create_topics(bootstrap, names: list[str], partitions: int = 4, configs: dic
 def produce(bootstrap, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
     from kafka import KafkaProducer
 
-    p = KafkaProducer(acks="all", max_request_size=MAX_MESSAGE_BYTES, **_client(bootstrap))
+    # idempotent, as the worker's own producer is: a retry after a leader dies mid-request does not
+    # write the record twice
+    p = KafkaProducer(acks="all", enable_idempotence=True, max_request_size=MAX_MESSAGE_BYTES,
+                      **_client(bootstrap))
     try:
         sent = [p.send(topic, key=key, value=value) for key, value in records]
         for f in sent:
