@@ -178,6 +178,16 @@ def create_topics(bootstrap, names: list[str], partitions: int = 4, configs: dic
         configs = {"min.insync.replicas": str(replication - 1), **(configs or {})}
     try:
         admin.create_topics([NewTopic(n, partitions, replication, topic_configs=configs or {}) for n in names])
+
+        def visible() -> bool:
+            # CreateTopics returns once the controller has the topic; the broker a client asks
+            # next may not have its metadata yet (CI saw a new topic described with no partitions)
+            described = admin.describe_topics(names)
+            return all(t.get("error_code", 0) == 0 and len(t["partitions"]) == partitions
+                       and all(p["leader"] >= 0 and len(p["replicas"]) == replication for p in t["partitions"])
+                       for t in described)
+
+        wait_until(visible, 60, f"topics {', '.join(names)} to have a leader for each of {partitions} partitions")
     finally:
         admin.close()
 
