@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -129,7 +130,8 @@ def test_radiograph_is_one_slice_volume_with_monochrome1_inverted_on_its_declare
     ds = pydicom.dcmread(ref("RG1_UNCR.dcm"))
     assert vol.shape == (1, int(ds.Rows), int(ds.Columns))
     raw = ds.pixel_array.astype(np.float32)
-    assert np.array_equal(vol.array[0], 2 * 15000 - raw)  # bright is high, on the film's declared range
+    # bright is high, on the film's declared range (PS3.3's linear window: 0..29999), read onto 0..4095
+    assert np.allclose(vol.array[0], (29999 - raw) * (4095 / 29999), atol=1e-2)
 
 
 def test_monochrome1_gives_the_same_numbers_whatever_the_image_holds(tmp_path):
@@ -150,7 +152,51 @@ def test_monochrome1_gives_the_same_numbers_whatever_the_image_holds(tmp_path):
 
     plain, marked = film(tmp_path / "a", False), film(tmp_path / "b", True)
     assert np.array_equal(plain[100:, 100:], marked[100:, 100:])
-    assert marked[0, 0] == (1 << 15) - 1
+    assert marked[0, 0] == 4095  # the brightest a 15-bit film declares
+
+
+def _film(folder: Path, bits: int, photometric: str = "MONOCHROME2", window: bool = False,
+          voi_lut: bool = False) -> np.ndarray:
+    """The same real chest film (RG1, 15 bits) stored at ``bits`` bits, as ``photometric``, with
+    or without a window or VOI LUT that declares its range; decoded."""
+    ds = pydicom.dcmread(ref("RG1_UNCR.dcm"))
+    for key in ("WindowCenter", "WindowWidth"):
+        if key in ds:
+            delattr(ds, key)
+    dense = (1 << 15) - 1 - ds.pixel_array.astype(np.float64)  # MONOCHROME1 on disk: bright = low
+    top = (1 << bits) - 1
+    stored = np.rint(dense * top / ((1 << 15) - 1))
+    if photometric == "MONOCHROME1":
+        stored = top - stored
+    ds.PhotometricInterpretation = photometric
+    ds.BitsStored, ds.HighBit = bits, bits - 1
+    ds.PixelSpacing = [0.2, 0.2]
+    if window:  # a window wider than the stored range: values read relative to it
+        ds.WindowCenter, ds.WindowWidth = top / 2 + 0.5, top + 1
+    if voi_lut:
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [top + 1 if top + 1 < 65536 else 0, 0, 16]
+        item.LUTData = np.array([0, 65535], np.uint16).tobytes()  # its output is not read
+        ds.VOILUTSequence = [item]
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    folder.mkdir(parents=True)
+    ds.save_as(folder / "cr.dcm")
+    (series,) = scan_study(folder)
+    return decode_series(series).array[0]
+
+
+@pytest.mark.parametrize("bits, photometric, window, voi_lut", [
+    (12, "MONOCHROME2", False, False), (14, "MONOCHROME1", False, False), (15, "MONOCHROME2", True, False),
+    (16, "MONOCHROME1", False, True), (16, "MONOCHROME2", True, False)])
+def test_a_film_reads_the_same_whatever_its_bit_depth_and_photometric_interpretation(tmp_path, bits, photometric,
+                                                                                       window, voi_lut):
+    reference = _film(tmp_path / "ref", 12)
+    other = _film(tmp_path / "other", bits, photometric, window, voi_lut)
+    assert reference.min() >= 0 and reference.max() <= 4095
+    # quantisation is the only difference: half a 12-bit step for the reference, half a step of
+    # ``bits`` (on the 12-bit scale) for the other, plus float rounding
+    assert np.abs(other - reference).max() <= 0.5 + 0.5 * 4095 / ((1 << bits) - 1) + 1e-2
+    assert np.abs(other - reference).mean() < 0.3
 
 
 def test_several_series_in_one_study_and_non_images_skipped(tmp_path):

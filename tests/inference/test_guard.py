@@ -58,7 +58,10 @@ def test_a_real_15_bit_radiograph_is_read_but_not_assessed(tmp_path, served):
     assert f.assessable is False and not f.positive and 0.0 <= f.probability <= 1.0
     assert "outside pneumothorax_cxr's training envelope" in f.not_assessable_reason
     assert "pixel spacing not stated" in f.not_assessable_reason
-    assert "clipped by the input window" in f.not_assessable_reason
+    # read on its own declared range (window 15000/30000), not through a 12-bit window: a film
+    # processed as real ones are is still far from the phantoms the model learnt
+    assert "clipped by the input window" not in f.not_assessable_reason
+    assert "body intensity" in f.not_assessable_reason
     assert e.priority.level.value == "ROUTINE"
     assert any(r.startswith("Pneumothorax not assessed: outside") for r in e.priority.reasons)
 

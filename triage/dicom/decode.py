@@ -27,6 +27,9 @@ SPACING_TOLERANCE = 0.05  # relative deviation between gaps of one spacing
 TILT_TOLERANCE_DEG = 0.5
 # projection radiography: one image of the whole patient, no slice geometry
 PLANAR = frozenset({"CR", "DX", "MG", "RG", "XA", "RF", "IO", "PX"})
+# A projection image has no physical unit: its declared range (see declared_range) is read
+# onto 0..DISPLAY_MAX, bright = dense, whatever its bit depth, VOI or photometric interpretation.
+DISPLAY_MAX = 4095.0
 
 
 @dataclass
@@ -274,7 +277,8 @@ def _to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 
 def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
                   threads: int = 2) -> Volume:
-    """Decode ``series`` into a float32 :class:`Volume`.
+    """Decode ``series`` into a float32 :class:`Volume`: Hounsfield units for CT; for a
+    projection radiograph, its declared range read onto 0..``DISPLAY_MAX`` (bright = dense).
 
     Raises a :class:`~triage.errors.DecodeError` subclass naming the file and the reason.
     The voxel budget is checked before any per-frame work and before any pixel is allocated.
@@ -337,8 +341,13 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
             plane = out[z]
             np.multiply(arr[f.index], f.slope, out=plane, casting="unsafe")
             plane += f.intercept
+            if monochrome1 or planar:
+                lo, hi = declared_range(ds, f.slope, f.intercept)
             if monochrome1:  # low values are bright: flip on the declared range, never the image's own
-                np.subtract(_monochrome1_sum(ds, f.slope, f.intercept), plane, out=plane)
+                np.subtract(lo + hi, plane, out=plane)
+            if planar:  # one scale for every film: 12-, 14-, 15- and 16-bit read alike
+                plane -= lo
+                plane *= np.float32(DISPLAY_MAX / (hi - lo))
             if not np.isfinite(plane).all():
                 raise CorruptFileError("pixel values are not finite after RescaleSlope and RescaleIntercept",
                                        path=rel)
@@ -383,10 +392,10 @@ def _z_positions(frames: list[_Frame], direction: np.ndarray) -> np.ndarray | No
     return along
 
 
-def _monochrome1_sum(ds: Dataset, slope: float, intercept: float) -> float:
-    """lo + hi of the range a MONOCHROME1 image declares, in output units: its window when it
-    has one, its VOI LUT's input range, else what BitsStored can hold. ``v -> sum - v``
-    then puts bright on high values, the same for every film of one kind."""
+def declared_range(ds: Dataset, slope: float, intercept: float) -> tuple[float, float]:
+    """The range of values an image declares, in output units (after the rescale): its window
+    when it has one, its VOI LUT's input range, else what BitsStored can hold; never the
+    pixels' own minimum and maximum, which change with the patient."""
     def first_number(value) -> float | None:
         if value is None:
             return None
@@ -397,20 +406,22 @@ def _monochrome1_sum(ds: Dataset, slope: float, intercept: float) -> float:
         return number if math.isfinite(number) else None
 
     centre, width = first_number(ds.get("WindowCenter")), first_number(ds.get("WindowWidth"))
-    if centre is not None and width is not None and width > 0:
-        return 2.0 * centre
+    if centre is not None and width is not None and width > 1:  # PS3.3 C.11.2.1.2's linear window
+        return centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
     lut = ds.get("VOILUTSequence")
     if lut:
         desc = lut[0].get("LUTDescriptor")
         try:
             entries, first = int(desc[0]) or 65536, int(desc[1])
-            return 2.0 * first + entries - 1
+            if entries > 1:
+                return float(first), float(first + entries - 1)
         except (TypeError, ValueError, IndexError):
             pass
     stored = _int(ds, "BitsStored", 16) or 16
     signed = _int(ds, "PixelRepresentation", 0) == 1
     lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
-    return (lo + hi) * slope + 2.0 * intercept
+    lo, hi = lo * slope + intercept, hi * slope + intercept
+    return (min(lo, hi), max(lo, hi)) if hi != lo else (lo, lo + 1.0)
 
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
