@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from triage.dicom import decode_series, scan_study
-from triage.preprocess import InputSpec, preprocess, resample
+from triage.preprocess import InputSpec, body_centre, preprocess, resample, resample_physical
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ def load_study(dataset: Path, row: dict, spec: InputSpec) -> Item:
     mask = np.zeros_like(image)
     if row.get("mask"):
         m = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / row["mask"]))).astype(np.float32)
-        mask = (resample(m, spacing, spec.shape, spec.antialias) > 0.25).astype(np.float32)[np.newaxis]
+        if spec.physical:  # the image's own box: placed on the image, never on the lesion
+            m = resample_physical(m, spacing, spec, body_centre(array, spec), pad=0.0)
+        else:
+            m = resample(m, spacing, spec.shape, spec.antialias)
+        mask = (m > 0.25).astype(np.float32)[np.newaxis]
     return Item(row["study_id"], int(row["label"]), image, mask, float(row.get("lesion_ml") or 0),
                 float(row.get("slice_thickness_mm") or 0), array.shape[0], row.get("kind") or "")
 

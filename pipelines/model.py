@@ -11,9 +11,11 @@ def build_model(cfg: dict) -> "Triager":
     a depth of 1 is a radiograph)."""
     tc = cfg["train"]
     mirror = bool(tc.get("mirror", False))
-    planar = int(cfg["input"]["shape"][0]) == 1
+    from pipelines.train import input_spec
+
+    planar = input_spec(cfg).shape[0] == 1
     net = build_net(tc.get("channels", (8, 16, 32)), in_channels=2 if mirror else 1, spatial_dims=2 if planar else 3)
-    return Triager(net, mirror, planar)
+    return Triager(net, mirror, planar, evidence=int(tc.get("evidence_voxels", 1)))
 
 
 def build_net(channels=(8, 16, 32), in_channels: int = 1, spatial_dims: int = 3) -> nn.Module:
@@ -36,8 +38,12 @@ def build_net(channels=(8, 16, 32), in_channels: int = 1, spatial_dims: int = 3)
 class Triager(nn.Module):
     """x [N,1,D,H,W] → (probability [N,1], slice scores [N,1,D]).
 
-    A slice's score is the sigmoid of its highest voxel logit, the study's the highest slice
-    score; the heat map is the sigmoid of the voxel logits (training works on the logits).
+    A slice's score is the sigmoid of its highest voxel logit (it picks the key slice). The
+    study's score needs evidence: the sigmoid of the mean of its ``evidence`` highest voxel
+    logits, anywhere in the volume, so one faintly raised voxel (a bright rim, a noise spike)
+    is not a finding; ``evidence`` is set from the smallest lesion a reader is asked to find,
+    in the input's voxels. With ``evidence`` 1 it is the highest voxel (the models before).
+    The heat map is the sigmoid of the voxel logits (training works on the logits).
 
     With ``mirror`` the network also sees the volume flipped left to right as a second channel,
     so each voxel is compared with the other side of the head: what is missing on one side
@@ -46,11 +52,12 @@ class Triager(nn.Module):
     ``planar``: the input is one image (a radiograph, depth 1) and ``net`` a 2-D network; the
     interface stays [N,1,1,H,W] so the runtime reads every model the same way."""
 
-    def __init__(self, net: nn.Module, mirror: bool = False, planar: bool = False):
+    def __init__(self, net: nn.Module, mirror: bool = False, planar: bool = False, evidence: int = 1):
         super().__init__()
         self.net = net
         self.mirror = mirror
         self.planar = planar
+        self.evidence = max(1, int(evidence))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.planar:
@@ -64,5 +71,14 @@ class Triager(nn.Module):
         return torch.sigmoid(self.logits(x))
 
     def forward(self, x: torch.Tensor):
-        slices = torch.sigmoid(self.logits(x).amax(dim=(3, 4)))
-        return slices.amax(dim=2), slices
+        voxels = self.logits(x)
+        slices = torch.sigmoid(voxels.amax(dim=(3, 4)))
+        if self.evidence == 1:
+            return slices.amax(dim=2), slices
+        return torch.sigmoid(study_logit(voxels, self.evidence)), slices
+
+
+def study_logit(voxels: torch.Tensor, evidence: int) -> torch.Tensor:
+    """[N,1,D,H,W] voxel logits → [N,1]: the mean of the ``evidence`` highest."""
+    flat = voxels.flatten(2)
+    return flat.topk(min(evidence, flat.shape[-1]), dim=-1).values.mean(dim=-1)

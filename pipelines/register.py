@@ -9,6 +9,7 @@ import yaml
 
 from pipelines.evaluate import targets_table
 from triage.inference.manifest import artifact_digest, load_manifest
+from triage.preprocess import InputSpec
 
 CARD = """# {label} (`{name}` {version})
 
@@ -68,7 +69,12 @@ def _limits_text(cfg: dict, result: dict) -> str:
     return own + (f"- Lower sensitivity on the held-out phantoms for: {'; '.join(weak)}.\n" if weak else "")
 
 
-def _input_text(shape) -> str:
+def _input_text(spec: InputSpec) -> str:
+    shape = spec.shape
+    if spec.physical:
+        return ("x".join(f"{v:g}" for v in spec.field_mm) + " mm around the body, sampled every "
+                + "x".join(f"{v:g}" for v in spec.spacing_mm) + f" mm ({'x'.join(map(str, shape))} voxels), "
+                "whatever the scanner's field of view")
     if shape[0] == 1:  # a radiograph
         return f"{shape[1]}x{shape[2]} pixels after resampling the whole image"
     return "x".join(str(v) for v in shape) + " voxels after resampling the whole series"
@@ -115,7 +121,7 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
         seed_test=cfg["data"]["test"]["seed"], auc=result["auc"], n_test=result["n_test"], n_pos=result["n_positive"],
         sens=op["sensitivity"], sens_lo=op["sensitivity_ci95"][0], sens_hi=op["sensitivity_ci95"][1],
         spec=op["specificity"], spec_lo=op["specificity_ci95"][0], spec_hi=op["specificity_ci95"][1],
-        status=_status_text(result), input_text=_input_text(cfg["input"]["shape"]),
+        status=_status_text(result), input_text=_input_text(InputSpec.from_dict(cfg["input"], cfg["name"])),
         targets=_targets_text(result), limits=_limits_text(cfg, result)))
     load_manifest(folder)  # what the runtime will do: validate and verify the hash
     return folder

@@ -46,20 +46,28 @@ def predict(model: Triager, items, batch: int = 4) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(probs), np.concatenate(slices)
 
 
-def margin_loss(voxels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The study score is the highest voxel, so rank on it: push the highest voxel away from any
-    lesion down (every study) and the highest lesion voxel up (positive studies).
+def margin_loss(voxels: torch.Tensor, masks: torch.Tensor, evidence: int = 1) -> torch.Tensor:
+    """The study score is the mean of the ``evidence`` highest voxels (see
+    :class:`pipelines.model.Triager`), so rank on it: push those highest voxels away from any
+    lesion down (every study) and the highest lesion voxels up (positive studies; as many as
+    the lesion has, up to ``evidence``).
 
     Voxel BCE alone leaves many slightly raised voxels along the inner table of the skull, and in
     a negative study the highest of them outranks a small bleed. The lesion is dilated by one
     voxel first: its partial-volume rim is neither lesion nor background."""
+    from pipelines.model import study_logit
+
     near = torch.nn.functional.max_pool3d(masks, 3, stride=1, padding=1) > 0
-    outside = voxels.masked_fill(near, -1e4).flatten(1).amax(1)
+    outside = study_logit(voxels.masked_fill(near, -1e4), evidence)[:, 0]
     loss = torch.nn.functional.binary_cross_entropy_with_logits(outside, torch.zeros_like(outside))
-    positive = masks.flatten(1).amax(1) > 0
-    if positive.any():
-        inside = voxels.masked_fill(masks <= 0, -1e4).flatten(1).amax(1)[positive]
-        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(inside, torch.ones_like(inside))
+    lesion = masks.flatten(1).sum(1)
+    inside = []
+    for i in torch.nonzero(lesion > 0).flatten().tolist():
+        k = max(1, min(evidence, int(lesion[i].item())))
+        inside.append(study_logit(voxels[i:i + 1].masked_fill(masks[i:i + 1] <= 0, -1e4), k)[0, 0])
+    if inside:
+        inside_t = torch.stack(inside)
+        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(inside_t, torch.ones_like(inside_t))
     return loss
 
 
@@ -95,7 +103,7 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
     set_determinism(seed=int(tc["seed"]))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = input_spec(cfg)
-    crop = patch_sampler(tc.get("patch"), cfg["input"]["shape"], bool(tc.get("mirror", False)))  # checked first
+    crop = patch_sampler(tc.get("patch"), spec.shape, bool(tc.get("mirror", False)))  # checked first
     train_items = load_dataset(data / "train", spec, progress)
     val_items = load_dataset(data / "val", spec, progress)
     model = build_model(cfg)
@@ -144,7 +152,7 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
             voxels = model.logits(x)
             loss = seg_loss(voxels, y)
             if margin_weight:
-                loss = loss + margin_weight * margin_loss(voxels, y)
+                loss = loss + margin_weight * margin_loss(voxels, y, int(tc.get("evidence_voxels", 1)))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

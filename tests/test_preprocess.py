@@ -79,7 +79,11 @@ def test_key_slice_maps_back_to_the_source_volume():
     ({"shape": [1, 2], "window": [0, 1]}, "three positive sizes"),
     ({"shape": [1, 2, 2], "window": [10, 0]}, "must exceed lower"),
     ({"shape": [1, 2, 2], "window": {"center": 40, "width": 80}, "normalise": "minmax"}, "normalise must be"),
-    ({"window": [0, 1]}, "needs shape"),
+    ({"window": [0, 1]}, "needs spacing_mm and field_mm"),
+    ({"spacing_mm": [2, 2, 2], "window": [0, 1]}, "go together"),
+    ({"spacing_mm": [2, 0, 2], "field_mm": [100, 200, 200], "window": [0, 1]}, "three positive sizes each"),
+    ({"spacing_mm": [4, 2, 2], "field_mm": [100, 200, 200], "shape": [20, 100, 100], "window": [0, 1]},
+     "is not field_mm / spacing_mm"),
     ({"shape": [1, 2, 2], "window": [0, 1], "antialias": "yes"}, "antialias must be true or false"),
 ])
 def test_invalid_input_specs(data, message):
@@ -149,3 +153,86 @@ def test_models_sharing_a_volume_get_the_same_inputs_through_the_cache_and_never
     # three steps (z, y, x) per distinct shape and method; a second window on one grid, the
     # volume's own shape and the second round add none
     assert sizes == [3, 3, 6, 9, 9] + [9] * 5
+
+
+# --- physical space ------------------------------------------------------------------------
+HEAD = InputSpec.from_dict({"spacing_mm": [4.0, 2.0, 2.0], "field_mm": [160, 240, 240], "window": [0, 100],
+                            "antialias": True, "pad": -1024}, "head")
+SUB = 3  # sub-samples per voxel and axis in _head
+
+
+def _head(fov_mm: float, matrix: int = 192, thickness: float = 2.5, coverage: float = 180.0,
+          shift_mm=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """One analytic head (scalp, skull, brain with a ventricle pair and a 'bleed') sampled as a
+    scanner with a ``fov_mm`` field of view and ``matrix`` pixels would, each voxel the mean of
+    SUB³ sub-samples (partial volume); ``shift_mm``: where the head lies in the field."""
+    pixel = fov_mm / matrix
+    nz = int(round(coverage / thickness))
+    sub = (np.arange(SUB) + 0.5) / SUB - 0.5
+    z = ((np.arange(nz) - (nz - 1) / 2)[:, None] + sub[None, :]).ravel() * thickness - shift_mm[0]
+    yx = ((np.arange(matrix) - (matrix - 1) / 2)[:, None] + sub[None, :]).ravel() * pixel
+    y, x = yx - shift_mm[1], yx - shift_mm[2]
+    out = np.empty((nz, matrix, matrix), np.float32)
+    for k in range(nz):  # slab by slab
+        zz = z[k * SUB:(k + 1) * SUB][:, None, None]
+        r = np.sqrt((x[None, None, :] / 72) ** 2 + (y[None, :, None] / 90) ** 2 + (zz / 80) ** 2)
+        hu = np.where(r < 1.0, 30.0, -1000.0)
+        hu = np.where((r < 0.955) & (r >= 0.87), 1200.0, hu)
+        hu = np.where(r < 0.87, 32.0, hu)
+        vent = ((np.abs(x[None, None, :]) - 9) / 6) ** 2 + ((y[None, :, None] + 5) / 20) ** 2 + ((zz - 8) / 11) ** 2
+        hu = np.where(vent < 1.0, 5.0, hu)
+        bleed = (x[None, None, :] - 30) ** 2 + (y[None, :, None] + 20) ** 2 + (zz - 15) ** 2 < 8 ** 2
+        hu = np.where(bleed, 70.0, hu)
+        out[k] = hu.reshape(SUB, matrix, SUB, matrix, SUB).mean(axis=(0, 2, 4))
+    return out, (thickness, pixel, pixel)
+
+
+def test_the_same_head_at_230_and_300_mm_field_of_view_gives_the_same_tensor():
+    """The issue's check: a model's physical scale no longer changes with the field of view."""
+    a = preprocess(*_head(230.0), HEAD)
+    b = preprocess(*_head(300.0), HEAD)
+    assert a.shape == b.shape == (1, 1, 40, 120, 120)
+    diff = np.abs(a - b)
+    # interpolation error only: the two grids sample edges (skull against brain) differently
+    assert diff.mean() < 0.01 and np.percentile(diff, 99) < 0.1
+    # the bleed sits at the same voxels, at the same value, in both
+    bleed = a[0, 0] > 0.6
+    assert bleed.sum() > 20 and np.abs(a[0, 0][bleed] - b[0, 0][bleed]).mean() < 0.05
+    # stretching the series edge to edge, as shape-only specs do, is what made them differ
+    legacy = InputSpec(shape=HEAD.shape, window=HEAD.window, antialias=True)
+    assert np.abs(preprocess(*_head(230.0), legacy) - preprocess(*_head(300.0), legacy)).mean() > 5 * diff.mean()
+
+
+def test_the_box_follows_the_head_wherever_it_lies_in_the_field():
+    centred = preprocess(*_head(300.0), HEAD)
+    moved = preprocess(*_head(300.0, shift_mm=(10.0, 30.0, -25.0)), HEAD)
+    assert np.abs(centred - moved).mean() < 0.01
+
+
+def test_a_short_coverage_is_padded_and_thin_slices_average_to_the_same():
+    thin = preprocess(*_head(250.0, thickness=0.625, coverage=120.0, matrix=128), HEAD)
+    thick = preprocess(*_head(250.0, thickness=5.0, coverage=120.0, matrix=128), HEAD)
+    assert thin.shape == thick.shape == (1, 1, 40, 120, 120)
+    assert np.all(thin[0, 0, :3] == 0.0) and np.all(thin[0, 0, -3:] == 0.0)  # beyond the coverage: padding (air)
+    assert np.abs(thin - thick).mean() < 0.02
+
+
+def test_physical_inputs_through_the_shared_cache_equal_those_without_it():
+    vol, spacing = _head(240.0, matrix=128)
+    other = InputSpec.from_dict({"spacing_mm": [4.0, 2.0, 2.0], "field_mm": [160, 200, 200], "window": [-50, 150],
+                                 "antialias": True, "pad": -1024}, "other")
+    cache: dict = {}
+    before = vol.copy()
+    for spec in (HEAD, other, HEAD):
+        assert np.array_equal(preprocess(vol, spacing, spec, cache=cache), preprocess(vol, spacing, spec))
+    assert np.array_equal(vol, before)
+
+
+def test_a_key_slice_maps_back_through_the_box():
+    vol, spacing = _head(240.0, matrix=64, thickness=1.25, coverage=180.0)
+    from triage.preprocess import body_centre
+
+    centre = body_centre(vol, HEAD)
+    # the model's middle slice is the head's centre of mass; its first lies 78 mm (62 slices) lower
+    assert to_source_slice(20, 40, vol.shape[0], HEAD, centre[0], spacing[0]) == round(centre[0] + 0.5 * 4 / 1.25)
+    assert to_source_slice(0, 40, vol.shape[0], HEAD, centre[0], spacing[0]) == max(0, round(centre[0] - 19.5 * 3.2))

@@ -5,6 +5,7 @@ This is the only implementation: the runtime and ``pipelines/`` (training) both 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,15 @@ from triage.errors import ManifestError
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How a model wants its input. Shapes and spacings are in array order ``[z, y, x]``."""
+    """How a model wants its input. Shapes and spacings are in array order ``[z, y, x]``.
+
+    Two ways to say it:
+    - in physical space (``spacing_mm`` and ``field_mm``): a box of ``field_mm`` around the body,
+      found from the image, sampled every ``spacing_mm``; the same anatomy gives the same input
+      whatever the scanner's field of view, pixel size or coverage. ``shape`` follows from them.
+    - by ``shape`` alone: the whole series stretched to that shape, edge to edge (the models
+      trained before physical inputs; their tensors must not change).
+    """
 
     shape: tuple[int, int, int]
     window: tuple[float, float]  # lower, upper in HU (or stored values for X-ray)
@@ -22,11 +31,22 @@ class InputSpec:
     # Shrinking an axis averages the input voxels each output voxel covers, as a thick reformat
     # does (thin slices' noise averages out); otherwise linear interpolation samples it.
     antialias: bool = False
+    spacing_mm: tuple[float, float, float] | None = None
+    field_mm: tuple[float, float, float] | None = None
+    pad: float | None = None  # the value beyond the image's edge; default: the window's lower end
+    body_above: float = -500.0  # what counts as the patient when the box is placed (HU for CT)
+
+    @property
+    def physical(self) -> bool:
+        return self.spacing_mm is not None
+
+    @property
+    def pad_value(self) -> float:
+        return self.window[0] if self.pad is None else self.pad
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "InputSpec":
         try:
-            shape = tuple(int(v) for v in data["shape"])
             window = data["window"]
             if isinstance(window, dict):
                 if "center" in window:
@@ -38,8 +58,25 @@ class InputSpec:
                 lower, upper = (float(v) for v in window)
             normalise = str(data.get("normalise", "window"))
             antialias = data.get("antialias", False)
+            spacing = tuple(float(v) for v in data["spacing_mm"]) if "spacing_mm" in data else None
+            fov = tuple(float(v) for v in data["field_mm"]) if "field_mm" in data else None
+            pad = float(data["pad"]) if data.get("pad") is not None else None
+            body_above = float(data.get("body_above", -500.0))
+            if spacing is None:
+                shape = tuple(int(v) for v in data["shape"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"input spec needs shape [z, y, x] and window ({exc})", path=where) from None
+            raise ManifestError(f"input spec needs spacing_mm and field_mm [z, y, x] (or a shape), and a window "
+                                f"({type(exc).__name__}: {exc})", path=where) from None
+        if (spacing is None) != (fov is None):
+            raise ManifestError("input spacing_mm and field_mm go together", path=where)
+        if spacing is not None:
+            if len(spacing) != 3 or len(fov) != 3 or min(spacing) <= 0 or min(fov) <= 0 \
+                    or not all(math.isfinite(v) for v in (*spacing, *fov)):
+                raise ManifestError("input spacing_mm and field_mm must be three positive sizes each", path=where)
+            shape = tuple(max(1, int(round(f / s))) for f, s in zip(fov, spacing))
+            if "shape" in data and tuple(int(v) for v in data["shape"]) != shape:
+                raise ManifestError(f"input shape {list(data['shape'])} is not field_mm / spacing_mm {list(shape)}",
+                                    path=where)
         if len(shape) != 3 or min(shape) < 1:
             raise ManifestError(f"input shape {list(shape)} must be three positive sizes", path=where)
         if upper <= lower:
@@ -48,7 +85,8 @@ class InputSpec:
             raise ManifestError(f"normalise must be 'window' or 'zscore', not {normalise!r}", path=where)
         if not isinstance(antialias, bool):
             raise ManifestError(f"antialias must be true or false, not {antialias!r}", path=where)
-        return cls(shape=shape, window=(lower, upper), normalise=normalise, antialias=antialias)
+        return cls(shape=shape, window=(lower, upper), normalise=normalise, antialias=antialias,
+                   spacing_mm=spacing, field_mm=fov, pad=pad, body_above=body_above)
 
 
 def resample(array: np.ndarray, spacing_zyx: tuple[float, float, float],
@@ -149,6 +187,95 @@ def _average(array: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     return out
 
 
+def body_centre(array: np.ndarray, spec: InputSpec, cache: dict | None = None) -> tuple[float, float, float]:
+    """Where the physical box goes: the centre of mass of the patient (voxels above
+    ``spec.body_above``), in voxel indices ``[z, y, x]``; the volume's middle when it holds
+    none. Measured on a strided sample, so it costs the same for any series size; a thin
+    table or head holder moves it little, where a bounding box would follow them."""
+    key = ("body_centre", spec.body_above)
+    if cache is not None and key in cache:
+        return cache[key]
+    steps = [max(1, -(-n // cap)) for n, cap in zip(array.shape, (64, 128, 128))]
+    sample = array[::steps[0], ::steps[1], ::steps[2]] > spec.body_above
+    if sample.any():
+        centre = tuple(_mass_centre(sample, axis) * steps[axis] for axis in range(3))
+    else:
+        centre = tuple((n - 1) / 2 for n in array.shape)
+    if cache is not None:
+        cache[key] = centre
+    return centre
+
+
+def _mass_centre(mask: np.ndarray, axis: int) -> float:
+    profile = mask.sum(axis=tuple(a for a in range(mask.ndim) if a != axis), dtype=np.float64)
+    return float((profile * np.arange(profile.size)).sum() / profile.sum())
+
+
+def _band(n_in: int, positions: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights that sample a line of ``n_in`` voxels at ``positions`` (voxel indices; voxel k
+    covers [k - 0.5, k + 0.5]): each output is the mean over a box ``width`` voxels wide
+    (``width`` > 1: averaging, as a thick reformat does) or linear between the two nearest
+    voxels (``width`` <= 1). Returns (indices [n_out, band], weights [n_out, band], and the
+    weight of the padding beyond the edges [n_out])."""
+    n_out = positions.size
+    if width <= 1.0:
+        inside = (positions >= -0.5) & (positions <= n_in - 0.5)
+        p = np.clip(positions, 0, n_in - 1)
+        lower = np.floor(p).astype(np.intp)
+        frac = p - lower
+        idx = np.stack([lower, np.minimum(lower + 1, n_in - 1)], axis=1)
+        w = np.stack([1.0 - frac, frac], axis=1) * inside[:, None]
+        return idx, w, (~inside).astype(np.float64)
+    lo, hi = positions - width / 2, positions + width / 2
+    first = np.floor(lo + 0.5).astype(np.intp)
+    band = int(np.ceil(width)) + 1
+    idx = first[:, None] + np.arange(band)[None, :]
+    overlap = np.clip(np.minimum(hi[:, None], idx + 0.5) - np.maximum(lo[:, None], idx - 0.5), 0, None)
+    valid = (idx >= 0) & (idx < n_in)
+    w = np.where(valid, overlap, 0.0) / width
+    return np.clip(idx, 0, n_in - 1), w, 1.0 - w.sum(axis=1)
+
+
+def _apply_band(array: np.ndarray, axis: int, idx: np.ndarray, w: np.ndarray, outside: np.ndarray,
+                pad: float) -> np.ndarray:
+    shape = [1] * array.ndim
+    shape[axis] = idx.shape[0]
+    out = np.empty([idx.shape[0] if a == axis else n for a, n in enumerate(array.shape)], np.float32)
+    out[...] = (np.float32(pad) * outside.astype(np.float32)).reshape(shape)
+    for t in range(idx.shape[1]):
+        weight = w[:, t].astype(np.float32)
+        if not weight.any():
+            continue
+        out += np.take(array, idx[:, t], axis=axis) * weight.reshape(shape)
+    return out
+
+
+def resample_physical(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec: InputSpec,
+                      centre: tuple[float, float, float], cache: dict | None = None,
+                      pad: float | None = None) -> np.ndarray:
+    """Sample ``spec.field_mm`` around ``centre`` (voxel indices) every ``spec.spacing_mm``:
+    separable, one axis at a time (those that shrink first), averaging where ``spec.antialias``
+    and the axis shrinks, linear otherwise; ``pad`` (default ``spec.pad_value``) beyond the
+    image. ``cache`` as for :func:`resample`: steps shared between specs are done once."""
+    pad = spec.pad_value if pad is None else pad
+    ratios = [s_out / s_in for s_out, s_in in zip(spec.spacing_mm, spacing_zyx)]
+    order = sorted(range(3), key=lambda ax: (-ratios[ax], ax))
+    out, steps = array, []
+    for axis in order:
+        n_out, ratio = spec.shape[axis], ratios[axis]
+        positions = centre[axis] + (np.arange(n_out) + 0.5 - n_out / 2) * ratio
+        width = ratio if spec.antialias and ratio > 1 else 1.0
+        steps.append((axis, n_out, round(ratio, 9), round(float(centre[axis]), 6), width > 1, pad))
+        key = ("physical", *steps)
+        if cache is not None and key in cache:
+            out = cache[key]
+            continue
+        out = _apply_band(out, axis, *_band(out.shape[axis], positions, width), pad)
+        if cache is not None:
+            cache[key] = out
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def uniform_z(array: np.ndarray, z_positions: np.ndarray) -> tuple[np.ndarray, float]:
     """Resample slices at the given positions (mm, increasing) onto an even grid at their
     finest spacing, linearly between the two slices around each new one; returns the array
@@ -187,7 +314,10 @@ def preprocess(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec:
         if cache is not None:
             cache = cache.setdefault(("after", "uniform_z"), {})
     source = array
-    out = resample(array, spacing_zyx, spec.shape, spec.antialias, cache)
+    if spec.physical:
+        out = resample_physical(array, spacing_zyx, spec, body_centre(array, spec, cache), cache)
+    else:
+        out = resample(array, spacing_zyx, spec.shape, spec.antialias, cache)
     if cache is not None or np.shares_memory(out, source):
         out = out.copy()  # windowing below writes in place: never into the volume or the cache
     np.clip(out, lower, upper, out=out)
@@ -201,8 +331,15 @@ def preprocess(array: np.ndarray, spacing_zyx: tuple[float, float, float], spec:
     return out[np.newaxis, np.newaxis].astype(np.float32, copy=False)
 
 
-def to_source_slice(index: int, model_depth: int, n_slices: int) -> int:
-    """Map a slice index of the model's input back to the decoded volume's slice."""
+def to_source_slice(index: int, model_depth: int, n_slices: int, spec: InputSpec | None = None,
+                    centre_z: float | None = None, spacing_z: float | None = None) -> int:
+    """Map a slice index of the model's input back to the decoded volume's slice: for a
+    physical ``spec``, through the box's placement (``centre_z``, and the volume's
+    ``spacing_z``); else edge to edge."""
     if model_depth <= 1:
         return 0
-    return int(min(n_slices - 1, max(0, round((index + 0.5) * n_slices / model_depth - 0.5))))
+    if spec is not None and spec.physical and centre_z is not None and spacing_z:
+        position = centre_z + (index + 0.5 - model_depth / 2) * spec.spacing_mm[0] / spacing_z
+    else:
+        position = (index + 0.5) * n_slices / model_depth - 0.5
+    return int(min(n_slices - 1, max(0, round(position))))

@@ -76,3 +76,34 @@ def test_with_mirror_a_patch_must_span_the_full_width():
     image[0, 4:6, 10:12, 3:5] = 1.0
     patch = patch_sampler([8, 16, 32], [16, 32, 32], mirror=True)({"image": image, "mask": image.copy()})[0]
     assert tuple(patch["image"].shape) == (1, 8, 16, 32)
+
+
+def test_a_study_score_with_evidence_needs_a_lesion_not_one_bright_voxel():
+    """The issue's false positives: one faintly raised voxel (a rim, a spike) made p≈1."""
+    from pipelines.model import Triager, study_logit
+
+    spike, lesion = volume(-6.0), volume(-6.0)
+    spike[0, 0, 2, 4, 4] = 6.0
+    lesion[0, 0, 1:3, 3:5, 3:5] = 6.0  # 8 voxels
+    assert float(study_logit(spike, 1)) == pytest.approx(6.0)  # the highest voxel: as bad as a lesion
+    assert float(study_logit(spike, 8)) == pytest.approx(-4.5)
+    assert float(study_logit(lesion, 8)) == pytest.approx(6.0)
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    model = Triager(Identity(), evidence=8)
+    p_spike, slices = model(spike)
+    p_lesion, _ = model(lesion)
+    assert float(p_spike) < 0.05 and float(p_lesion) > 0.99
+    assert slices.shape == (1, 1, 4) and int(slices[0, 0].argmax()) == 2  # the key slice still finds the spike
+
+
+def test_the_margin_term_with_evidence_ignores_one_bright_voxel_but_not_a_bright_patch():
+    quiet, spike, patch = volume(-5.0), volume(-5.0), volume(-5.0)
+    spike[0, 0, 1, 1, 1] = 5.0
+    patch[0, 0, 1:3, 1:3, 1:3] = 5.0
+    empty = volume(0.0)
+    assert margin_loss(spike, empty, evidence=8) < margin_loss(quiet, empty, evidence=8) + 0.5
+    assert margin_loss(patch, empty, evidence=8) > margin_loss(quiet, empty, evidence=8) + 3

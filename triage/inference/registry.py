@@ -19,7 +19,7 @@ from triage.events import Finding, ModelRef, config_digest
 from triage.inference.backends import RuntimeOptions, Session, backend_for
 from triage.inference.guard import Measures, assess, measure_volume
 from triage.inference.manifest import Manifest, load_manifest
-from triage.preprocess import preprocess, to_source_slice
+from triage.preprocess import body_centre, preprocess, to_source_slice
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,9 @@ class ModelRegistry:
             key_slice = None
             if slices is not None:
                 scores = np.asarray(slices, dtype=np.float64).reshape(len(m.findings), -1)[i]
-                key_slice = to_source_slice(int(np.argmax(scores)), scores.size, volume.shape[0])
+                centre_z = body_centre(volume.array, m.input, cache)[0] if m.input.physical else None
+                key_slice = to_source_slice(int(np.argmax(scores)), scores.size, volume.shape[0], m.input, centre_z,
+                                            volume.spacing_zyx[0])
             findings.append(Finding(code=spec.code, label=spec.label, probability=round(p, 6),
                                     threshold=threshold, positive=outside is None and p >= threshold, model=ref,
                                     series_instance_uid=volume.series_instance_uid, key_slice=key_slice,
