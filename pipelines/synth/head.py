@@ -207,3 +207,114 @@ def head_ct_fracture(rng: np.random.Generator, positive: bool, *, matrix: int = 
     return Phantom(hu=hu, spacing_zyx=spacing, mask=mask, label=int(positive), finding="skull_fracture",
                    kind="linear" if positive else "none", contrast=False,
                    description=f"HEAD W/O CONTRAST BONE {thickness:g}mm", lesion_ml=lesion_ml)
+
+
+# --- the head with normal variation and scanner physics (generator v2, issue 23) ---------------
+def _varied_head(rng, coords):
+    """A non-contrast head whose normal anatomy varies as patients' does, with the classic
+    haemorrhage and fracture mimics: skull shape and thickness; CSF spaces from young to atrophic
+    (ventricles, sulci, the subarachnoid rim); the dural venous sinuses (denser than brain);
+    air in the frontal sinuses and mastoids; calcified pineal, choroid plexus, falx and basal
+    ganglia; a grey/white texture that is not quite symmetric. Returns HU, r, axes, CSF spaces
+    and the dense-bone mask (for beam hardening)."""
+    z, y, x = coords
+    a, b, c = rng.uniform(62, 80), rng.uniform(80, 100), rng.uniform(70, 84)
+    r = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
+    r = r * (1 + 0.03 * smooth_noise(rng, r.shape, 1.0))  # not a perfect ellipsoid
+    inner = rng.uniform(0.84, 0.9)
+    outer = inner + rng.uniform(0.06, 0.11)
+    hu = np.full(r.shape, -1000.0, np.float32)
+    hu[r < outer + rng.uniform(0.03, 0.07)] = rng.uniform(20, 45)  # scalp
+    skull = (r < outer) & (r >= inner)
+    depth = np.clip((outer - r) / (outer - inner), 0, 1)
+    hu[skull] = (rng.uniform(1300, 1700) - rng.uniform(400, 800) * np.sin(np.pi * depth))[skull]
+    brain = r < inner
+    age = rng.uniform(0, 1)  # 0 young, 1 atrophic
+    white = r < inner * (0.68 + 0.06 * smooth_noise(rng, r.shape, 2.0)) - 0.04 * age
+    grey_hu, white_hu = rng.uniform(32, 40), rng.uniform(22, 29)
+    hu[brain] = grey_hu
+    hu[brain & white] = white_hu
+    hu[brain] += (3.0 * smooth_noise(rng, r.shape, 3.0) * (1 + 0.5 * np.sign(x)))[brain]  # texture, one side more
+    rim = rng.uniform(0.01, 0.025) + 0.035 * age
+    hu[brain & (r >= inner - rim)] = rng.uniform(2, 10)
+    scale = 0.7 + 1.3 * age * rng.uniform(0.6, 1.0)
+    for side in (-1, 1):  # lateral ventricles, larger with age
+        v = ((x - side * 9 * scale ** 0.5) / (6 * scale)) ** 2 + ((y + 5) / (20 * scale ** 0.5)) ** 2 + ((z - 8) / 11) ** 2
+        hu[v < 1.0] = rng.uniform(2, 10)
+    hu[(np.abs(x) < 1.5 + 2 * age) & (np.abs(y + 2) < 8) & (np.abs(z - 2) < 8)] = 5.0  # third ventricle
+    csf = _csf_spaces(rng, coords, r / inner * 0.87, (a, b, c))
+    widen = smooth_noise(rng, r.shape, 1.5) > 0.6 - 0.8 * age  # wider sulci with age
+    for space in csf.values():
+        hu[space | (space & widen)] = rng.uniform(2, 10)
+    # dural venous sinuses: superior sagittal along the vault's midline, transverse at the back
+    sss = (np.abs(x) < rng.uniform(2, 4)) & (r < inner) & (r >= inner - rng.uniform(0.03, 0.05)) & (z > -10)
+    transverse = (r < inner) & (r >= inner - 0.04) & (y > 0.5 * b) & (np.abs(z + rng.uniform(5, 20)) < 4)
+    hu[sss | transverse] = rng.uniform(45, 65)  # denser than brain, as flowing blood is
+    # air: frontal sinuses (front, low, in the bone) and mastoids (behind the ears)
+    if rng.random() < 0.85:
+        fs = ((x / rng.uniform(10, 22)) ** 2 + ((y + b * 0.9) / 8) ** 2 + ((z + rng.uniform(5, 25)) / 12) ** 2) < 1
+        hu[fs & (r < outer + 0.05) & (r > inner - 0.08)] = -1000.0
+    for side in (-1, 1):
+        if rng.random() < 0.9:
+            m = (((x - side * a * 0.85) / 10) ** 2 + ((y - b * 0.2) / 12) ** 2 + ((z + c * 0.45) / 10) ** 2) < 1
+            cells = smooth_noise(rng, r.shape, 8.0) > -0.2
+            hu[m & cells] = -1000.0
+            hu[m & ~cells] = 900.0
+    # calcifications: the classic haemorrhage mimics
+    def dot(centre, radius, value):
+        d = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2
+        hu[d < radius ** 2] = value
+    if rng.random() < 0.6:
+        dot((rng.uniform(0, 8), rng.uniform(12, 20), rng.uniform(-1, 1)), rng.uniform(1.5, 4), rng.uniform(100, 400))
+    if rng.random() < 0.6:
+        for side in (-1, 1):
+            dot((rng.uniform(4, 12), rng.uniform(10, 18), side * rng.uniform(12, 20)), rng.uniform(1.5, 4),
+                rng.uniform(80, 300))
+    if rng.random() < 0.4:
+        plaque = (np.abs(x) < 1.2) & (np.abs(y - rng.uniform(-40, 30)) < rng.uniform(3, 10)) & (np.abs(z - rng.uniform(10, 40)) < 3)
+        hu[plaque & brain] = rng.uniform(150, 500)
+    if rng.random() < 0.3:
+        for side in (-1, 1):
+            dot((rng.uniform(-8, 4), rng.uniform(-8, 4), side * rng.uniform(14, 22)), rng.uniform(1, 3),
+                rng.uniform(80, 250))
+    dense = hu > 600
+    return hu, r / inner * 0.87, (a, b, c), csf, dense
+
+
+def _v2_grid(rng, thickness: float, matrix: int):
+    """A scanner's grid: field of view 190–320 mm, tilt and shift, coverage that may include
+    the skull base to the vertex or only part of it."""
+    return grid(rng, thickness, matrix, fov_mm=float(rng.uniform(200, 330)), coverage_mm=(95.0, 175.0),
+                tilt_deg=(18.0, 10.0), shift_mm=18.0)
+
+
+def _scanned(rng, hu, coords, spacing, dense, axes) -> np.ndarray:
+    from pipelines.synth.physics import acquire, support
+
+    outside = hu <= -999.0
+    holder = support(rng, coords, below_mm=axes[1] * 1.02, kind="head")
+    hu[outside] = holder[outside]
+    image, _ = acquire(rng, hu, spacing, dense)
+    return image
+
+
+def head_ct_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None,
+               kind: str | None = None) -> Phantom:
+    """Non-contrast head CT with normal variation and scanner physics (see :func:`_varied_head`
+    and :mod:`pipelines.synth.physics`); positive studies carry one haemorrhage, 0.1–40 mL, 50–90 HU
+    (mask = the blood)."""
+    thickness = thickness or float(rng.choice(THICKNESSES))
+    coords, spacing = _v2_grid(rng, thickness, matrix)
+    hu, r, axes, csf, dense = _varied_head(rng, coords)
+    mask = np.zeros(hu.shape, bool)
+    kind = kind or (str(rng.choice(HAEMORRHAGE_KINDS)) if positive else "none")
+    if positive:
+        for _ in range(10):
+            mask = _haemorrhage(rng, coords, r, kind, csf)
+            if mask.sum() * np.prod(spacing) / 1000 >= 0.1:
+                break
+        hu[mask] = rng.uniform(50, 90)
+    image = _scanned(rng, hu, coords, spacing, dense, axes)
+    lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
+    return Phantom(hu=image, spacing_zyx=spacing, mask=mask, label=int(positive), finding="ich", kind=kind,
+                   contrast=False, description=f"HEAD W/O CONTRAST {thickness:g}mm", lesion_ml=lesion_ml)

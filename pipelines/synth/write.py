@@ -168,8 +168,14 @@ def write_dicom_series(ph: Phantom, folder: Path, study_id: str, seed: int) -> N
     if ph.modality == "DX":
         _write_radiograph(ph, folder, study_id, root)
         return
-    stored = np.clip(np.rint(ph.hu + 1024), 0, 4095).astype(np.uint16)
+    padded = float(ph.hu.min()) < -1024.5  # a scanner's padding (-2000, -3024) beyond the reconstruction circle
+    if padded:  # signed 16-bit, no offset, as many scanners write it
+        stored = np.clip(np.rint(ph.hu), -32768, 32767).astype(np.int16)
+    else:
+        stored = np.clip(np.rint(ph.hu + 1024), 0, 4095).astype(np.uint16)
     first = ct_slice(ph, study_id, root, stored, 0)
+    if padded:
+        first.BitsStored, first.HighBit, first.PixelRepresentation, first.RescaleIntercept = 16, 15, 1, 0
     encoder = SeriesEncoder(first)
     (folder / "0000.dcm").write_bytes(encoder.encode(first))
     for i in range(1, stored.shape[0]):
