@@ -44,7 +44,7 @@ def envelope_of(dataset: Path, cfg: dict, progress: bool = True) -> Envelope:
 _REGISTRY: dict = {}  # one per worker process
 
 
-def _score_one(models_dir: Path, name: str, dataset: Path, row: dict) -> tuple[int, float, bool, str]:
+def _score_one(models_dir: Path, name: str, dataset: Path, row: dict) -> tuple[int, bool, bool, str, float]:
     from triage.inference.registry import ModelRegistry
 
     # one registry per worker process, read again whenever the model's manifest changes
@@ -53,7 +53,7 @@ def _score_one(models_dir: Path, name: str, dataset: Path, row: dict) -> tuple[i
     (series,) = scan_study(dataset / "studies" / row["study_id"])[:1]
     (finding,) = registry.infer(name, decode_series(series))[:1]
     return int(row["label"]), finding.probability >= finding.threshold, bool(finding.assessable), \
-        finding.not_assessable_reason or ""
+        finding.not_assessable_reason or "", float(finding.probability)
 
 
 def guarded_figures(models_dir: Path, name: str, dataset: Path, progress: bool = True) -> dict:
@@ -70,7 +70,11 @@ def guarded_figures(models_dir: Path, name: str, dataset: Path, progress: bool =
         if not o[2]:
             reasons[reason_kind(o[3])] = reasons.get(reason_kind(o[3]), 0) + 1
     pos, neg = labels == 1, labels == 0
+    from pipelines.evaluate import roc_auc
+
+    probabilities = np.array([o[4] for o in out])
     return {
+        "auc": round(float(roc_auc(labels, probabilities)), 4) if pos.any() and neg.any() else None,
         "n": int(len(out)), "assessable_rate": round(float(assessable.mean()), 4),
         "target_assessable_rate": GUARD_TARGET, "met": bool(assessable.mean() >= GUARD_TARGET),
         "sensitivity": round(float(positive[pos].mean()), 4) if pos.any() else None,

@@ -245,3 +245,112 @@ def plot_roc(y, scores, ops, calibration, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --- beyond our own generator ------------------------------------------------------------------
+# Real images that ship in packages we already depend on (pydicom, pydicom-data): CT and
+# radiographs, presumed free of every finding our models read (their truth is unknown). Scored
+# as served, for evaluation only: never trained on, never used to choose a threshold.
+REAL_STUDIES = ("693_UNCR.dcm", "CT_small.dcm", "explicit_VR-UN.dcm", "J2K_pixelrep_mismatch.dcm",
+                "eCT_Supplemental.dcm", "RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm")
+INDEPENDENT = {"n": 60, "seed": 9101}  # the independent generator's evaluation set, the same for every model
+
+
+def real_studies(models_dir: Path, name: str, work: Path) -> dict:
+    """Each real study through the served pipeline: what model ``name`` said of those routed to it."""
+    import shutil
+
+    from triage.demo import find_test_file
+    from triage.events import STUDY_SCHEMA, now_iso, parse_study_event
+    from triage.pipeline import Pipeline
+    from triage.settings import Settings
+
+    pipeline = Pipeline.from_settings(Settings(models_dir=models_dir))
+    rows = []
+    for i, file in enumerate(REAL_STUDIES):
+        path = find_test_file(file)
+        if path is None:
+            continue
+        folder = work / "real" / file.replace(".", "_")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        shutil.copy(path, folder / file)
+        event = pipeline.process(parse_study_event({"schema": STUDY_SCHEMA, "study_instance_uid": f"2.25.{i + 1}",
+                                                    "source": {"uri": folder.resolve().as_uri()},
+                                                    "received_at": now_iso()})).event
+        found = [f for f in event.findings + (event.shadow_findings or []) if f.model.name == name]
+        rows.append({"file": file, "routed": bool(found),
+                     "positive": any(f.positive for f in found),
+                     "assessable": all(f.assessable for f in found) if found else None,
+                     "probability": max((f.probability for f in found), default=None)})
+    routed = [r for r in rows if r["routed"]]
+    return {"files": rows, "n_routed": len(routed), "n_positive": sum(r["positive"] for r in routed),
+            "note": "real images presumed negative; their truth is unknown"}
+
+
+def external_evaluation(models_dir: Path, name: str, finding: str, work: Path, progress: bool = True,
+                        n: int = INDEPENDENT["n"], matrix: int = 384) -> dict:
+    """The model as served on the independent generator's studies (when it draws the finding) and
+    on the real studies; for eval.json, eval.md and the card."""
+    from pipelines.envelope import guarded_figures
+    from pipelines.evalgen.generate import FOR_FINDING, generate
+
+    out: dict = {"real_studies": real_studies(models_dir, name, work)}
+    kind = FOR_FINDING.get(finding)
+    if kind is None:
+        out["independent"] = None  # the independent generator does not draw this finding yet
+        return out
+    data = work / "independent" / kind
+    marker = data / ".complete"
+    stamp = json.dumps({"kind": kind, "n": n, "seed": INDEPENDENT["seed"], "matrix": matrix}, sort_keys=True)
+    if not (marker.exists() and marker.read_text() == stamp):
+        generate(kind, n, INDEPENDENT["seed"], data, matrix=matrix, progress=progress)
+        marker.write_text(stamp)
+    figures = guarded_figures(models_dir, name, data, progress)
+    figures["split"] = f"independent generator ({kind}, seed {INDEPENDENT['seed']})"
+    out["independent"] = figures
+    return out
+
+
+def external_report(ext: dict) -> str:
+    """The eval.md and card section for :func:`external_evaluation`."""
+    lines = []
+    ind = ext.get("independent")
+    if ind is None:
+        lines.append("Independent generator: it does not draw this finding yet; not measured.")
+    else:
+        num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        met = [v is not None and v >= 0.9 for v in (ind["sensitivity"], ind["specificity"])]
+        lines += [f"Independent generator (`pipelines/evalgen`, written apart from the training generator, never "
+                  f"used to train, validate or pick thresholds): {ind['n']} studies, as served, at the default point.",
+                  "", "| figure | measured | target |", "|---|---|---|",
+                  f"| AUC | {num(ind.get('auc'))} | reported |",
+                  f"| sensitivity (with the guard) | {num(ind['sensitivity'])} | >= 0.90: {'met' if met[0] else '**missed**'} |",
+                  f"| specificity (with the guard) | {num(ind['specificity'])} | >= 0.90: {'met' if met[1] else '**missed**'} |",
+                  f"| sensitivity, specificity without the guard | {num(ind['sensitivity_without_guard'])}, "
+                  f"{num(ind['specificity_without_guard'])} | |",
+                  f"| assessable | {ind['assessable_rate']:.1%} | |"]
+    real = ext["real_studies"]
+    lines += ["", f"Real studies (pydicom and pydicom-data; presumed negative, truth unknown): {real['n_routed']} of "
+              f"{len(real['files'])} reach this model, {real['n_positive']} positive at the default point."]
+    for r in real["files"]:
+        if r["routed"]:
+            lines.append(f"- {r['file']}: p={r['probability']:.3f}, "
+                         f"{'positive' if r['positive'] else 'negative'}"
+                         f"{'' if r['assessable'] else ' (not assessable)'}")
+    return "\n".join(lines) + "\n"
+
+
+def write_external(folder: Path, ext: dict) -> None:
+    """:func:`external_evaluation`'s figures into a model folder's eval.json, eval.md and card."""
+    from pipelines.envelope import set_section
+
+    eval_path = folder / "eval.json"
+    result = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    result.update(ext)
+    eval_path.write_text(json.dumps(result, indent=2) + "\n")
+    body = external_report(ext)
+    for name in ("eval.md", "card.md"):
+        path = folder / name
+        if path.exists():
+            path.write_text(set_section(path.read_text(), "Beyond our own generator", body))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.envelope import envelope_of, guarded_figures, write_envelope, write_figures
-from pipelines.evaluate import SIZE_BINS_ML, evaluate, fit_platt, parse_rule
+from pipelines.evaluate import SIZE_BINS_ML, evaluate, external_evaluation, fit_platt, parse_rule, write_external
 from pipelines.export import export_onnx, parity
 from pipelines.register import register
 from pipelines.synth.generate import generate
@@ -132,6 +132,11 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     write_envelope(folder, envelope_of(data / "train", cfg, progress))
     result["guard"] = guarded_figures(models_dir.resolve(), name, data / "test", progress)
     write_figures(folder, result["guard"])
+    # beyond our own generator: the independent one, and real studies (never used above)
+    external = external_evaluation(models_dir.resolve(), name, cfg["finding"]["code"], work / "external", progress,
+                                   **({"n": 4, "matrix": 64} if small else {}))
+    write_external(folder, external)
+    result.update(external)
     print(f"{name}: AUC {result['auc']:.3f}, assessable {result['guard']['assessable_rate']:.1%}, "
           f"parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
           f"({result['make_seconds']} s on {result['make_cores']} cores)")

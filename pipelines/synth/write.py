@@ -168,7 +168,7 @@ def write_dicom_series(ph: Phantom, folder: Path, study_id: str, seed: int) -> N
     if ph.modality == "DX":
         _write_radiograph(ph, folder, study_id, root)
         return
-    padded = float(ph.hu.min()) < -1024.5  # a scanner's padding (-2000, -3024) beyond the reconstruction circle
+    padded = float(ph.hu.min()) < -1500.0  # a scanner's padding (-2000, -3024) beyond the reconstruction circle
     if padded:  # signed 16-bit, no offset, as many scanners write it
         stored = np.clip(np.rint(ph.hu), -32768, 32767).astype(np.int16)
     else:

@@ -13,7 +13,7 @@ pytest.importorskip("monai")
 
 from pipelines.dataset import load_study, read_labels  # noqa: E402
 from pipelines.evaluate import roc_auc, threshold_for, wilson  # noqa: E402
-from pipelines.make import CONFIGS, SMALL, compare_with_committed, run  # noqa: E402
+from pipelines.make import CONFIGS, SMALL, compare_with_committed, run, small_overrides  # noqa: E402
 from pipelines.train import input_spec, load_config, train  # noqa: E402
 from triage.dicom import decode_series, scan_study  # noqa: E402
 from triage.events import STUDY_SCHEMA, now_iso, parse_study_event  # noqa: E402
@@ -59,6 +59,12 @@ def test_tiny_run_registers_a_verified_model_with_card_and_evaluation(tiny):
     assert m.envelope is not None and m.envelope.n_studies == 6 and m.envelope.vessel_hu is None
     assert evaluation["guard"]["n"] == 4 and 0.0 <= evaluation["guard"]["assessable_rate"] <= 1.0
     assert "## Input guard" in card
+    # beyond our own generator: the independent generator's studies and the real ones, as served
+    assert evaluation["independent"]["n"] == 4 and "independent generator" in evaluation["independent"]["split"]
+    assert evaluation["real_studies"]["n_routed"] == 0  # no real head CT series ships in our packages
+    assert "## Beyond our own generator" in card and "## Beyond our own generator" in (folder / "eval.md").read_text()
+    # its input is in physical space: the tiny run keeps the field of view, sampled coarsely
+    assert m.input.physical and m.input.field_mm == (160.0, 240.0, 240.0) and m.input.shape == (16, 32, 32)
 
 
 def _registered_findings(event, models, name):
@@ -149,7 +155,7 @@ def test_training_and_serving_preprocessing_give_identical_tensors(tiny):
     work, models, _ = tiny
     dataset = work / "data" / "test"
     row = read_labels(dataset)[0]
-    cfg = load_config(CONFIGS / "ich.yaml", SMALL)
+    cfg = load_config(CONFIGS / "ich.yaml", small_overrides(load_config(CONFIGS / "ich.yaml")))
     trained_on = load_study(dataset, row, input_spec(cfg)).image
     (series,) = scan_study(dataset / "studies" / row["study_id"])
     vol = decode_series(series)
