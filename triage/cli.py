@@ -187,6 +187,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from triage.worker.host import Host, HostOptions, Topics
     from triage.worker.pool import WorkerPool
 
+    # A stop that comes while the worker starts (models verified, broker checked) is kept and
+    # honoured before the group is joined: an orderly exit 0, never the default SIGTERM death.
+    stop_requested: list = []
+
+    def on_stop(*_) -> None:
+        stop_requested.append(True)
+        if hosts:
+            hosts[0].stop()
+
+    hosts: list = []
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     settings = _settings(args)
     kafka = KafkaConfig.load(bootstrap=args.bootstrap, group=args.group)
     metrics.serve(settings.metrics_port, settings.metrics_host)
@@ -199,8 +211,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           max_crashes=args.max_crashes, drain_timeout_s=args.drain_timeout)
     host = Host(KafkaSource(kafka), KafkaSink(kafka), WorkerPool(settings, settings.processes), pipeline,
                 topics=topics, options=options)
-    signal.signal(signal.SIGTERM, lambda *_: host.stop())
-    signal.signal(signal.SIGINT, lambda *_: host.stop())
+    hosts.append(host)
+    if stop_requested:
+        print("triage: stopped before joining the group", file=sys.stderr, flush=True)
+        return 0
     host.run()
     return 0
 
