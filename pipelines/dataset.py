@@ -45,12 +45,13 @@ def load_study(dataset: Path, row: dict, spec: InputSpec) -> Item:
         array = sitk.GetArrayFromImage(img).astype(np.float32)
         sx, sy, sz = img.GetSpacing()
         spacing = (sz, sy, sx)
-    image = preprocess(array, spacing, spec)[0]
+    shared: dict = {}  # the image's box placement, found once for the image and its mask
+    image = preprocess(array, spacing, spec, cache=shared)[0]
     mask = np.zeros_like(image)
     if row.get("mask"):
         m = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / row["mask"]))).astype(np.float32)
         if spec.physical:  # the image's own box: placed on the image, never on the lesion
-            m = resample_physical(m, spacing, spec, body_centre(array, spec), pad=0.0)
+            m = resample_physical(m, spacing, spec, body_centre(array, spec, shared), pad=0.0)
         else:
             m = resample(m, spacing, spec.shape, spec.antialias)
         mask = (m > 0.25).astype(np.float32)[np.newaxis]

@@ -256,8 +256,8 @@ REAL_STUDIES = ("693_UNCR.dcm", "CT_small.dcm", "explicit_VR-UN.dcm", "J2K_pixel
 INDEPENDENT = {"n": 60, "seed": 9101}  # the independent generator's evaluation set, the same for every model
 
 
-def real_studies(models_dir: Path, name: str, work: Path) -> dict:
-    """Each real study through the served pipeline: what model ``name`` said of those routed to it."""
+def real_studies(models_dir: Path, work: Path) -> dict[str, dict]:
+    """Each real study once through the served pipeline; per model, what it said of those routed to it."""
     import shutil
 
     from triage.demo import find_test_file
@@ -266,7 +266,7 @@ def real_studies(models_dir: Path, name: str, work: Path) -> dict:
     from triage.settings import Settings
 
     pipeline = Pipeline.from_settings(Settings(models_dir=models_dir))
-    rows = []
+    rows: dict[str, list[dict]] = {name: [] for name in pipeline.registry.manifests}
     for i, file in enumerate(REAL_STUDIES):
         path = find_test_file(file)
         if path is None:
@@ -278,14 +278,15 @@ def real_studies(models_dir: Path, name: str, work: Path) -> dict:
         event = pipeline.process(parse_study_event({"schema": STUDY_SCHEMA, "study_instance_uid": f"2.25.{i + 1}",
                                                     "source": {"uri": folder.resolve().as_uri()},
                                                     "received_at": now_iso()})).event
-        found = [f for f in event.findings + (event.shadow_findings or []) if f.model.name == name]
-        rows.append({"file": file, "routed": bool(found),
-                     "positive": any(f.positive for f in found),
-                     "assessable": all(f.assessable for f in found) if found else None,
-                     "probability": max((f.probability for f in found), default=None)})
-    routed = [r for r in rows if r["routed"]]
-    return {"files": rows, "n_routed": len(routed), "n_positive": sum(r["positive"] for r in routed),
-            "note": "real images presumed negative; their truth is unknown"}
+        findings = event.findings + (event.shadow_findings or [])
+        for name, out in rows.items():
+            found = [f for f in findings if f.model.name == name]
+            out.append({"file": file, "routed": bool(found), "positive": any(f.positive for f in found),
+                        "assessable": all(f.assessable for f in found) if found else None,
+                        "probability": max((f.probability for f in found), default=None)})
+    return {name: {"files": out, "n_routed": sum(r["routed"] for r in out),
+                   "n_positive": sum(r["positive"] for r in out),
+                   "note": "real images presumed negative; their truth is unknown"} for name, out in rows.items()}
 
 
 def external_evaluation(models_dir: Path, name: str, finding: str, work: Path, progress: bool = True,
@@ -295,7 +296,7 @@ def external_evaluation(models_dir: Path, name: str, finding: str, work: Path, p
     from pipelines.envelope import guarded_figures
     from pipelines.evalgen.generate import FOR_FINDING, generate
 
-    out: dict = {"real_studies": real_studies(models_dir, name, work)}
+    out: dict = {"real_studies": real_studies(models_dir, work)[name]}
     kind = FOR_FINDING.get(finding)
     if kind is None:
         out["independent"] = None  # the independent generator does not draw this finding yet

@@ -138,12 +138,9 @@ def _plain_head(rng, coords):
     return hu, r, axes, csf
 
 
-def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None,
-            kind: str | None = None) -> Phantom:
-    """Non-contrast head CT; positive studies carry one haemorrhage (mask = the blood)."""
-    thickness = thickness or float(rng.choice(THICKNESSES))
-    coords, spacing = grid(rng, thickness, matrix)
-    hu, r, axes, csf = _plain_head(rng, coords)
+def _bleed(rng, hu, coords, spacing, r, csf, positive: bool, kind: str | None) -> tuple[np.ndarray, str]:
+    """For a positive study, one haemorrhage of ``kind`` (drawn when not given) of at least
+    0.1 mL, written into ``hu`` at 50–90 HU; returns its mask and kind ("none" when negative)."""
     mask = np.zeros(hu.shape, bool)
     kind = kind or (str(rng.choice(HAEMORRHAGE_KINDS)) if positive else "none")
     if positive:
@@ -152,6 +149,16 @@ def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thic
             if mask.sum() * np.prod(spacing) / 1000 >= 0.1:
                 break
         hu[mask] = rng.uniform(50, 90)
+    return mask, kind
+
+
+def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None,
+            kind: str | None = None) -> Phantom:
+    """Non-contrast head CT; positive studies carry one haemorrhage (mask = the blood)."""
+    thickness = thickness or float(rng.choice(THICKNESSES))
+    coords, spacing = grid(rng, thickness, matrix)
+    hu, r, axes, csf = _plain_head(rng, coords)
+    mask, kind = _bleed(rng, hu, coords, spacing, r, csf, positive, kind)
     hu += rng.normal(0, rng.uniform(3, 10), hu.shape).astype(np.float32)
     lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
     return Phantom(hu=hu, spacing_zyx=spacing, mask=mask, label=int(positive), finding="ich", kind=kind,
@@ -294,8 +301,7 @@ def _scanned(rng, hu, coords, spacing, dense, axes) -> np.ndarray:
     outside = hu <= -999.0
     holder = support(rng, coords, below_mm=axes[1] * 1.02, kind="head")
     hu[outside] = holder[outside]
-    image, _ = acquire(rng, hu, spacing, dense)
-    return image
+    return acquire(rng, hu, spacing, dense)
 
 
 def head_ct_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None,
@@ -306,14 +312,7 @@ def head_ct_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128, t
     thickness = thickness or float(rng.choice(THICKNESSES))
     coords, spacing = _v2_grid(rng, thickness, matrix)
     hu, r, axes, csf, dense = _varied_head(rng, coords)
-    mask = np.zeros(hu.shape, bool)
-    kind = kind or (str(rng.choice(HAEMORRHAGE_KINDS)) if positive else "none")
-    if positive:
-        for _ in range(10):
-            mask = _haemorrhage(rng, coords, r, kind, csf)
-            if mask.sum() * np.prod(spacing) / 1000 >= 0.1:
-                break
-        hu[mask] = rng.uniform(50, 90)
+    mask, kind = _bleed(rng, hu, coords, spacing, r, csf, positive, kind)
     image = _scanned(rng, hu, coords, spacing, dense, axes)
     lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
     return Phantom(hu=image, spacing_zyx=spacing, mask=mask, label=int(positive), finding="ich", kind=kind,

@@ -75,12 +75,10 @@ def _streaks(rng: np.random.Generator, shape_yx, spacing_yx, source_yx, n: int, 
 
 
 def acquire(rng: np.random.Generator, hu: np.ndarray, spacing_zyx, dense_mask: np.ndarray | None = None,
-            metal_probability: float = 0.1) -> tuple[np.ndarray, dict]:
-    """``hu`` (point-sampled anatomy, air -1000) as a scanner would reconstruct it; returns the
-    image and what was drawn (for the labels' record)."""
+            metal_probability: float = 0.1) -> np.ndarray:
+    """``hu`` (point-sampled anatomy, air -1000) as a scanner would reconstruct it."""
     dz, dy, dx = spacing_zyx
     nz, ny, nx = hu.shape
-    drawn: dict = {}
     # beam hardening: dark bands between dense bone, within the slices that hold a lot of it
     if dense_mask is not None and rng.random() < 0.7:
         per_slice = dense_mask.reshape(nz, -1).mean(axis=1)
@@ -91,7 +89,6 @@ def acquire(rng: np.random.Generator, hu: np.ndarray, spacing_zyx, dense_mask: n
             band = -np.abs(_streaks(rng, (ny, nx), (dy, dx), (cy, cx), 2, amplitude, rng.uniform(2, 5)))
             lo, hi = max(0, k - 2), min(nz, k + 3)
             hu[lo:hi] += band[None] * (hu[lo:hi] > -300)
-        drawn["beam_hardening_hu"] = round(float(amplitude), 1)
     if rng.random() < metal_probability:  # a filling, a clip, a coil
         body = np.argwhere(hu > 0)
         if len(body):
@@ -104,7 +101,6 @@ def acquire(rng: np.random.Generator, hu: np.ndarray, spacing_zyx, dense_mask: n
                               rng.uniform(1, 3))
             lo, hi = max(0, cz - 2), min(nz, cz + 3)
             hu[lo:hi] += streak[None]
-            drawn["metal"] = True
     # the kernel's point-spread function and the slice profile: partial volume at every edge
     psf = rng.uniform(0.35, 1.1)
     profile = dz * rng.uniform(0.3, 0.5)
@@ -113,10 +109,9 @@ def acquire(rng: np.random.Generator, hu: np.ndarray, spacing_zyx, dense_mask: n
     hu += correlated_noise(rng, hu.shape, spacing_zyx, noise, rng.uniform(0.4, 1.2))
     gain, offset = rng.uniform(0.97, 1.03), rng.uniform(-6, 6)
     hu = (hu + 1000.0) * np.float32(gain) - 1000.0 + np.float32(offset)
-    drawn.update(psf_mm=round(float(psf), 2), noise_hu=round(float(noise), 1), hu_offset=round(float(offset), 1))
     if rng.random() < 0.6:  # the reconstruction circle and the scanner's padding value beyond it
         yy, xx = np.ogrid[:ny, :nx]
         radius = min(ny, nx) / 2 * rng.uniform(0.97, 1.0)
         outside = ((yy - (ny - 1) / 2) ** 2 + (xx - (nx - 1) / 2) ** 2) > radius ** 2
         hu[:, outside] = float(rng.choice(PADDING))
-    return hu.astype(np.float32), drawn
+    return hu.astype(np.float32)

@@ -14,9 +14,10 @@ def scored(tmp_path_factory):
 
     if not any(find_test_file(f) for f in REAL_STUDIES):
         pytest.skip("pydicom-data is not installed")
-    work = tmp_path_factory.mktemp("real")
-    names = sorted(p.name for p in (ROOT / "models").iterdir() if (p / "manifest.yaml").exists())
-    return {name: real_studies(ROOT / "models", name, work) for name in names}
+    scored = real_studies(ROOT / "models", tmp_path_factory.mktemp("real"))
+    names = {p.name for p in (ROOT / "models").iterdir() if (p / "manifest.yaml").exists()}
+    assert set(scored) == names  # every committed model is judged
+    return scored
 
 
 def test_no_real_study_is_positive_for_any_committed_model(scored):
