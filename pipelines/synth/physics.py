@@ -6,7 +6,7 @@ at random per study:
   profile, which make every edge a partial-volume ramp (the skull's inner table becomes the
   thin bright rim against the brain that a model must not call blood);
 - correlated noise (white noise through a kernel-like filter), at a level from low-dose to clean;
-- drift of the HU scale: an offset and a gain;
+- drift of the HU scale: an offset and a gain about water (0 HU), as scanners are calibrated;
 - the reconstruction circle, outside which scanners write -1024, -2000 or -3024;
 - beam-hardening streaks near dense bone, and metal with its bright and dark streaks (some studies).
 
@@ -107,8 +107,10 @@ def acquire(rng: np.random.Generator, hu: np.ndarray, spacing_zyx, dense_mask: n
     hu = blur(hu, spacing_zyx, (profile, psf, psf))
     noise = rng.uniform(2.5, 14.0)
     hu += correlated_noise(rng, hu.shape, spacing_zyx, noise, rng.uniform(0.4, 1.2))
+    # calibration drift: scanners are calibrated on water, so the scale turns about 0 HU (a gain
+    # about air, -1000, would move brain and blood by ±30 HU, past what separates them)
     gain, offset = rng.uniform(0.97, 1.03), rng.uniform(-6, 6)
-    hu = (hu + 1000.0) * np.float32(gain) - 1000.0 + np.float32(offset)
+    hu = hu * np.float32(gain) + np.float32(offset)
     if rng.random() < 0.6:  # the reconstruction circle and the scanner's padding value beyond it
         yy, xx = np.ogrid[:ny, :nx]
         radius = min(ny, nx) / 2 * rng.uniform(0.97, 1.0)
