@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.envelope import envelope_of, guarded_figures, write_envelope, write_figures
-from pipelines.evaluate import SIZE_BINS_ML, evaluate, external_evaluation, fit_platt, parse_rule, write_external
+from pipelines.evaluate import (SIZE_BINS_ML, evaluate, external_evaluation, external_targets, fit_platt, parse_rule,
+                                write_external)
 from pipelines.export import export_onnx, parity
-from pipelines.register import register
+from pipelines.register import demote_to_shadow, register
 from pipelines.synth.generate import generate
 from pipelines.train import input_spec, load_config, load_model, predict, train
 from triage.inference.manifest import platt
@@ -137,6 +138,9 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
                                    **({"n": 4, "matrix": 64} if small else {}))
     write_external(folder, external)
     result.update(external)
+    result["targets_beyond"] = external_targets(external)
+    if any(not t["met"] for t in result["targets_beyond"]):
+        demote_to_shadow(folder)  # below a target beyond its own generator: it runs, and never moves a priority
     print(f"{name}: AUC {result['auc']:.3f}, assessable {result['guard']['assessable_rate']:.1%}, "
           f"parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
           f"({result['make_seconds']} s on {result['make_cores']} cores)")

@@ -125,3 +125,14 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
         targets=_targets_text(result), limits=_limits_text(cfg, result)))
     load_manifest(folder)  # what the runtime will do: validate and verify the hash
     return folder
+
+
+def demote_to_shadow(folder: Path) -> None:
+    """Put a registered model in shadow (its manifest's ``mode``); the artifact and its hash are
+    untouched. For a model that meets its held-out targets and misses those beyond its own
+    generator (``pipelines.evaluate.external_targets``)."""
+    path = folder / "manifest.yaml"
+    manifest = yaml.safe_load(path.read_text())
+    manifest["mode"] = "shadow"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    load_manifest(folder)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.synth.chest import chest_ct
-from pipelines.synth.head import head_ct, head_ct_v2, head_cta, head_ct_fracture
+from pipelines.synth.head import head_ct, head_ct_fracture, head_ct_fracture_v2, head_ct_v2, head_cta
 from pipelines.synth.radiograph import chest_radiograph
 from pipelines.synth.write import write_labels, write_study
 
@@ -24,6 +24,7 @@ KINDS = {
     # with normal variation and scanner physics (issue 23); the kinds above stay until every
     # model that trains on them is retrained on theirs
     "head_ct_v2": head_ct_v2,
+    "head_ct_fracture_v2": head_ct_fracture_v2,
     "head_cta": head_cta,
     "head_ct_fracture": head_ct_fracture,
     "chest_ct_pneumothorax": partial(chest_ct, finding="pneumothorax"),

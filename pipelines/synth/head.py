@@ -188,32 +188,36 @@ def head_ct_fracture(rng: np.random.Generator, positive: bool, *, matrix: int = 
     thickness = thickness or float(rng.choice(THICKNESSES))
     coords, spacing = grid(rng, thickness, matrix)
     hu, r, axes, _ = _plain_head(rng, coords)
-    mask = np.zeros(hu.shape, bool)
-    if positive:
-        z, y, x = coords
-        skull = (r < 0.955) & (r >= 0.87)
-        for _ in range(10):
-            # a point on the vault (the upper two thirds of the head), and a plane through it
-            d = rng.normal(size=3) * np.array([0.5, 1.0, 1.0])
-            d[0] = abs(d[0]) - 0.2
-            d /= np.linalg.norm(d)
-            centre = 0.91 * d * np.array([axes[2], axes[1], axes[0]])
-            normal = rng.normal(size=3)
-            normal /= np.linalg.norm(normal)
-            # a gap narrower than a voxel still darkens one voxel (partial volume): draw it a voxel wide
-            gap = max(float(rng.uniform(0.5, 3.0)), spacing[1])
-            plane = np.abs((z - centre[0]) * normal[0] + (y - centre[1]) * normal[1] + (x - centre[2]) * normal[2]) < gap / 2
-            half = rng.uniform(10, 45)  # half the fracture's length
-            near = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 < half ** 2
-            mask = skull & plane & near
-            if mask.sum() * np.prod(spacing) / 1000 >= 0.02:
-                break
-        hu[mask] = rng.uniform(20, 60)  # the gap fills with blood and soft tissue
+    mask = _fracture(rng, hu, coords, spacing, axes, (r < 0.955) & (r >= 0.87)) if positive else np.zeros(hu.shape, bool)
     hu += rng.normal(0, rng.uniform(3, 10), hu.shape).astype(np.float32)
     lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
     return Phantom(hu=hu, spacing_zyx=spacing, mask=mask, label=int(positive), finding="skull_fracture",
                    kind="linear" if positive else "none", contrast=False,
                    description=f"HEAD W/O CONTRAST BONE {thickness:g}mm", lesion_ml=lesion_ml)
+
+
+def _fracture(rng, hu, coords, spacing, axes, skull: np.ndarray) -> np.ndarray:
+    """A linear fracture of the vault (``skull``: its bone), written into ``hu``; returns its mask."""
+    z, y, x = coords
+    mask = np.zeros(hu.shape, bool)
+    for _ in range(10):
+        # a point on the vault (the upper two thirds of the head), and a plane through it
+        d = rng.normal(size=3) * np.array([0.5, 1.0, 1.0])
+        d[0] = abs(d[0]) - 0.2
+        d /= np.linalg.norm(d)
+        centre = 0.91 * d * np.array([axes[2], axes[1], axes[0]])
+        normal = rng.normal(size=3)
+        normal /= np.linalg.norm(normal)
+        # a gap narrower than a voxel still darkens one voxel (partial volume): draw it a voxel wide
+        gap = max(float(rng.uniform(0.5, 3.0)), spacing[1])
+        plane = np.abs((z - centre[0]) * normal[0] + (y - centre[1]) * normal[1] + (x - centre[2]) * normal[2]) < gap / 2
+        half = rng.uniform(10, 45)  # half the fracture's length
+        near = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 < half ** 2
+        mask = skull & plane & near
+        if mask.sum() * np.prod(spacing) / 1000 >= 0.02:
+            break
+    hu[mask] = rng.uniform(20, 60)  # the gap fills with blood and soft tissue
+    return mask
 
 
 # --- the head with normal variation and scanner physics (generator v2, issue 23) ---------------
@@ -317,3 +321,45 @@ def head_ct_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128, t
     lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
     return Phantom(hu=image, spacing_zyx=spacing, mask=mask, label=int(positive), finding="ich", kind=kind,
                    contrast=False, description=f"HEAD W/O CONTRAST {thickness:g}mm", lesion_ml=lesion_ml)
+
+
+def _sutures(rng, hu, coords, axes, skull: np.ndarray) -> None:
+    """The cranial sutures and vascular grooves, the classic fracture mimics: wavy seams of soft
+    tissue through the vault (sagittal, coronal, lambdoid), open in the young and fused in
+    places later, and a groove for the middle meningeal artery on the inner table."""
+    z, y, x = coords
+    a, b, c = axes
+    width = rng.uniform(0.4, 1.5)
+
+    def wavy(u, v, mm):  # |u - a wave along v| under half the seam's width
+        amplitude, period = rng.uniform(0.5, 2.5), rng.uniform(4, 10)
+        return np.abs(u - amplitude * np.sin(2 * np.pi * v / period + rng.uniform(0, 2 * np.pi))) < mm / 2
+
+    coronal_y = -b * rng.uniform(0.05, 0.3)
+    seams = wavy(x, y, width) & (y > coronal_y) & (z > -0.1 * c)  # sagittal, from the coronal suture back
+    seams |= wavy(y - coronal_y + 0.25 * (z - c * 0.5), x, width) & (z > -0.35 * c)  # coronal
+    seams |= wavy(y - b * 0.45 - 0.6 * z, x, width) & (z < 0.5 * c) & (y > 0)  # lambdoid
+    fused = smooth_noise(rng, hu.shape, 4.0) > rng.uniform(-0.6, 0.4)
+    hu[skull & seams & ~fused] = rng.uniform(20, 250)
+    if rng.random() < 0.7:  # a groove on the inner table, in the temporal bone, either side
+        side = rng.choice([-1.0, 1.0])
+        groove = wavy(z - rng.uniform(-15, 15) + 0.4 * y, y, rng.uniform(1.0, 2.5)) & (side * x > 0.6 * a)
+        hu[skull & groove & (hu > 600)] -= rng.uniform(200, 600)
+
+
+def head_ct_fracture_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128,
+                        thickness: float | None = None) -> Phantom:
+    """Non-contrast head CT in a bone window with normal variation and scanner physics, sutures
+    and vascular grooves included; positive studies have a linear fracture of the vault (mask =
+    the gap). The fracture is drawn as in :func:`head_ct_fracture`."""
+    thickness = thickness or float(rng.choice(THICKNESSES))
+    coords, spacing = _v2_grid(rng, thickness, matrix)
+    hu, r, axes, _, dense = _varied_head(rng, coords)
+    skull = dense & (r >= 0.87)
+    _sutures(rng, hu, coords, axes, skull)
+    mask = _fracture(rng, hu, coords, spacing, axes, skull) if positive else np.zeros(hu.shape, bool)
+    image = _scanned(rng, hu, coords, spacing, dense, axes)
+    lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
+    return Phantom(hu=image, spacing_zyx=spacing, mask=mask, label=int(positive), finding="skull_fracture",
+                   kind="linear" if positive else "none", contrast=False,
+                   description=f"HEAD W/O CONTRAST BONE {thickness:g}mm", lesion_ml=lesion_ml)

@@ -30,3 +30,24 @@ def test_a_v2_haemorrhage_reads_brighter_than_the_brain_beside_it():
         # the same head, scanned alike up to the bleed's own draw: compare inside its mask
         gaps.append(float(np.median(ph.hu[ph.mask]) - np.median(clear.hu[ph.mask])))
     assert min(gaps) > 10.0, gaps
+
+
+def test_v2_skulls_have_open_sutures_and_a_fracture_only_in_positives():
+    from pipelines.synth.common import grid
+    from pipelines.synth.head import _sutures, _varied_head, head_ct_fracture_v2
+
+    opened = []
+    for i in range(4):  # sutures: soft tissue through the bone of every vault, fracture or not
+        rng = np.random.default_rng([41, i])
+        coords, _ = grid(rng, 2.5, 96)
+        hu, r, axes, _, dense = _varied_head(rng, coords)
+        skull = dense & (r >= 0.87)
+        before = hu.copy()
+        _sutures(rng, hu, coords, axes, skull)
+        opened.append(int((skull & (hu < 300) & (before > 600)).sum()))
+    assert min(opened) > 0, opened
+    for i in range(3):
+        pos = head_ct_fracture_v2(np.random.default_rng([42, i]), True, matrix=64)
+        neg = head_ct_fracture_v2(np.random.default_rng([43, i]), False, matrix=64)
+        assert pos.mask.any() and pos.lesion_ml >= 0.02 and not neg.mask.any()
+        assert pos.finding == neg.finding == "skull_fracture" and "BONE" in pos.description
