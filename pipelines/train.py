@@ -71,6 +71,22 @@ def margin_loss(voxels: torch.Tensor, masks: torch.Tensor, evidence: int = 1) ->
     return loss
 
 
+def visible_lesion(items, window) -> list:
+    """With ``train.lesion_window`` ([low, high], in the input's normalised units), a voxel of a
+    lesion mask is trained as lesion only where the input reads within it. The mask is resampled
+    from the phantom's grid and blurred by the scanner model, so its edge reaches into what lies
+    beside the lesion: for a subdural, the inner table (bone, 1.0 in a blood window). Trained as
+    blood there and as normal in every negative, the skull's rim becomes what the model cannot
+    tell apart. Evaluation reads labels only, never masks."""
+    if not window:
+        return items
+    from dataclasses import replace
+
+    low, high = (float(v) for v in window)
+    return [replace(it, mask=(it.mask * ((it.image >= low) & (it.image <= high))).astype(np.float32))
+            if it.label else it for it in items]
+
+
 def patch_sampler(patch, shape, mirror: bool = False):
     """With ``train.patch`` ([z, y, x]), each training step sees one patch per study instead of the
     whole volume: centred on the lesion or on the background, even odds. A lesion of a few voxels
@@ -104,7 +120,7 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
     torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = input_spec(cfg)
     crop = patch_sampler(tc.get("patch"), spec.shape, bool(tc.get("mirror", False)))  # checked first
-    train_items = load_dataset(data / "train", spec, progress)
+    train_items = visible_lesion(load_dataset(data / "train", spec, progress), tc.get("lesion_window"))
     val_items = load_dataset(data / "val", spec, progress)
     model = build_model(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))

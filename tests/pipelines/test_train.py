@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from pipelines.train import margin_loss, patch_sampler  # noqa: E402
+from pipelines.dataset import Item  # noqa: E402
+from pipelines.train import margin_loss, patch_sampler, visible_lesion  # noqa: E402
 
 
 def volume(fill: float) -> torch.Tensor:
@@ -107,3 +108,17 @@ def test_the_margin_term_with_evidence_ignores_one_bright_voxel_but_not_a_bright
     empty = volume(0.0)
     assert margin_loss(spike, empty, evidence=8) < margin_loss(quiet, empty, evidence=8) + 0.5
     assert margin_loss(patch, empty, evidence=8) > margin_loss(quiet, empty, evidence=8) + 3
+
+
+def test_a_lesion_trains_only_where_the_input_shows_it_not_on_the_bone_its_edge_reaches():
+    # a subdural against the inner table: its resampled mask spans the blood and one voxel of bone
+    image = np.full((1, 4, 8, 8), 0.3, np.float32)
+    image[:, :, :, 0] = 1.0  # the skull, saturated in a blood window
+    image[:, :, :, 1:3] = 0.7  # the blood
+    mask = np.zeros_like(image)
+    mask[:, :, :, 0:3] = 1.0
+    positive = Item("p", 1, image, mask, 2.0, 2.5, 40)
+    negative = Item("n", 0, image, np.zeros_like(image), 0.0, 2.5, 40)
+    (p, n) = visible_lesion([positive, negative], [0.4, 0.95])
+    assert p.mask[..., 0].sum() == 0 and p.mask[..., 1:3].all() and p.mask[..., 3:].sum() == 0
+    assert n is negative and visible_lesion([positive], None)[0] is positive
