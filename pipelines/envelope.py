@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from pipelines.dataset import pool_map, read_labels
+from pipelines.register import update_manifest
 from triage.dicom import decode_series, scan_study
 from triage.inference.guard import Envelope, measure_volume, reason_kind
 
@@ -136,9 +137,7 @@ def set_section(card: str, title: str, body: str, before: str = "## Known limits
 
 def write_envelope(folder: Path, envelope: Envelope) -> None:
     """Write the envelope into a model folder's manifest; the artifact and its hash are untouched."""
-    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
-    manifest["envelope"] = envelope.to_dict()
-    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    update_manifest(folder, envelope=envelope.to_dict())
 
 
 def write_figures(folder: Path, figures: dict) -> None:

@@ -336,12 +336,14 @@ def external_targets(ext: dict) -> list[dict]:
 def external_report(ext: dict) -> str:
     """The eval.md and card section for :func:`external_evaluation`."""
     lines = []
+    targets = external_targets(ext)
     ind = ext.get("independent")
     if ind is None:
         lines.append("Independent generator: it does not draw this finding yet; not measured.")
     else:
         num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        met = [t["met"] for t in external_targets(ext)[:2]]
+        met = [next(t["met"] for t in targets if t["target"] == f"independent generator {key}")
+               for key in ("sensitivity", "specificity")]
         lines += [f"Independent generator (`pipelines/evalgen`, written apart from the training generator, never "
                   f"used to train, validate or pick thresholds): {ind['n']} studies, as served, at the default point.",
                   "", "| figure | measured | target |", "|---|---|---|",
@@ -359,15 +361,16 @@ def external_report(ext: dict) -> str:
             lines.append(f"- {r['file']}: p={r['probability']:.3f}, "
                          f"{'positive' if r['positive'] else 'negative'}"
                          f"{'' if r['assessable'] else ' (not assessable)'}")
-    missed = [t["target"] for t in external_targets(ext) if not t["met"]]
+    missed = [t["target"] for t in targets if not t["met"]]
     if missed:
         lines += ["", f"**Missed beyond our own generator:** {'; '.join(missed)}. The model is registered in "
                   "shadow: it runs and is recorded, and never moves a priority."]
     return "\n".join(lines) + "\n"
 
 
-def write_external(folder: Path, ext: dict) -> None:
-    """:func:`external_evaluation`'s figures into a model folder's eval.json, eval.md and card."""
+def write_external(folder: Path, ext: dict) -> list[dict]:
+    """:func:`external_evaluation`'s figures into a model folder's eval.json, eval.md and card;
+    returns :func:`external_targets`, as written."""
     from pipelines.envelope import set_section
 
     eval_path = folder / "eval.json"
@@ -380,3 +383,4 @@ def write_external(folder: Path, ext: dict) -> None:
         path = folder / name
         if path.exists():
             path.write_text(set_section(path.read_text(), "Beyond our own generator", body))
+    return result["targets_beyond"]

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.envelope import envelope_of, guarded_figures, write_envelope, write_figures
-from pipelines.evaluate import (SIZE_BINS_ML, evaluate, external_evaluation, external_targets, fit_platt, parse_rule,
-                                write_external)
+from pipelines.evaluate import SIZE_BINS_ML, evaluate, external_evaluation, fit_platt, parse_rule, write_external
 from pipelines.export import export_onnx, parity
 from pipelines.register import demote_to_shadow, register
 from pipelines.synth.generate import generate
@@ -136,9 +135,8 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     # beyond our own generator: the independent one, and real studies (never used above)
     external = external_evaluation(models_dir.resolve(), name, cfg["finding"]["code"], work / "external", progress,
                                    **({"n": 4, "matrix": 64} if small else {}))
-    write_external(folder, external)
     result.update(external)
-    result["targets_beyond"] = external_targets(external)
+    result["targets_beyond"] = write_external(folder, external)
     if any(not t["met"] for t in result["targets_beyond"]):
         demote_to_shadow(folder)  # below a target beyond its own generator: it runs, and never moves a priority
     print(f"{name}: AUC {result['auc']:.3f}, assessable {result['guard']['assessable_rate']:.1%}, "

@@ -127,12 +127,18 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
     return folder
 
 
-def demote_to_shadow(folder: Path) -> None:
-    """Put a registered model in shadow (its manifest's ``mode``); the artifact and its hash are
-    untouched. For a model that meets its held-out targets and misses those beyond its own
-    generator (``pipelines.evaluate.external_targets``)."""
+def update_manifest(folder: Path, **fields) -> None:
+    """Set top-level ``fields`` of a registered model's manifest, then validate it as the runtime
+    will; the artifact and its hash are untouched."""
     path = folder / "manifest.yaml"
     manifest = yaml.safe_load(path.read_text())
-    manifest["mode"] = "shadow"
+    manifest.update(fields)
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     load_manifest(folder)
+
+
+def demote_to_shadow(folder: Path) -> None:
+    """Put a registered model in shadow (its manifest's ``mode``): for a model that meets its
+    held-out targets and misses those beyond its own generator
+    (``pipelines.evaluate.external_targets``)."""
+    update_manifest(folder, mode="shadow")
