@@ -35,3 +35,8 @@ def test_demotion_puts_a_live_model_in_shadow_and_keeps_its_verified_artifact(tm
     demote_to_shadow(folder)
     after = load_manifest(folder)  # validates and verifies the sha256 again
     assert after.mode == "shadow" and after.sha256 == before.sha256 and after.envelope == before.envelope
+    # the card's first line about targets no longer reads as if the model were live
+    status = next(line for line in (folder / "card.md").read_text().splitlines() if line.startswith("Meets all"))
+    assert "runs in shadow" in status and "beyond our own generator" in status
+    demote_to_shadow(folder)  # twice: said once
+    assert (folder / "card.md").read_text().count("runs in shadow") == 1
