@@ -106,7 +106,28 @@ def patch_sampler(patch, shape, mirror: bool = False):
         raise ValueError(f"train.patch {list(patch)}: with train.mirror a patch must span the input's full width "
                          f"({shape[2]}), or its mirrored channel is not the other side of the patient")
     return RandCropByPosNegLabeld(keys=("image", "mask"), label_key="mask", spatial_size=size, pos=1, neg=1,
-                                  num_samples=1)
+                                  num_samples=1, fg_indices_key="fg", bg_indices_key="bg")
+
+
+def lookalike_centres(pair: dict, window, share: float, rng: np.random.Generator) -> dict:
+    """With ``train.hard_negatives`` (a share, 0–1), that share of background patches is centred
+    on a voxel that reads like a lesion (input inside ``lesion_window``) but lies at least a voxel
+    away from one: the rims of calcifications and of the inner table, venous sinuses. Random
+    background patches are mostly brain and air the network already scores low; these
+    mimics are what outranks a bleed. The rest stay random, over every non-lesion voxel."""
+    mask = np.asarray(pair["mask"])[0] > 0
+    out = {**pair, "fg": np.flatnonzero(mask)}
+    if share and window and rng.random() < share:
+        image = np.asarray(pair["image"])[0]
+        near = mask.copy()
+        for axis in range(mask.ndim):
+            near |= np.roll(mask, 1, axis) | np.roll(mask, -1, axis)
+        look = np.flatnonzero((image >= float(window[0])) & (image <= float(window[1])) & ~near)
+        if look.size:
+            out["bg"] = look
+            return out
+    out["bg"] = np.flatnonzero(~mask)
+    return out
 
 
 def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool = True) -> Path:
@@ -154,12 +175,15 @@ def train(cfg: dict, data: Path, run: Path, resume: bool = False, progress: bool
         flip.set_random_state(int(tc["seed"]) + epoch)  # per epoch, so a resumed run flips (and crops) the same
         if crop:  # flip draws once per study and the crop twice: the two streams share only the first draw
             crop.set_random_state(int(tc["seed"]) + epoch)
+            centres = np.random.default_rng([int(tc["seed"]), epoch])  # per epoch too, for --resume
         bar = tqdm(range(0, len(order), bs), desc=f"epoch {epoch + 1}/{tc['epochs']}", unit="batch",
                    disable=not progress)
         for i in bar:
             batch = [train_items[j] for j in order[i:i + bs]]
             pairs = [flip({"image": b.image, "mask": b.mask}) for b in batch]
             if crop:
+                pairs = [lookalike_centres(p, tc.get("lesion_window"), float(tc.get("hard_negatives", 0)), centres)
+                         for p in pairs]
                 with warnings.catch_warnings():  # no lesion to centre on: MONAI takes background, as wanted
                     warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
                     pairs = [crop(p)[0] for p in pairs]

@@ -5,7 +5,8 @@ at random per study:
 - the point-spread function of the reconstruction kernel (sharp to smooth) and the slice
   profile, which make every edge a partial-volume ramp (the skull's inner table becomes the
   thin bright rim against the brain that a model must not call blood);
-- correlated noise (white noise through a kernel-like filter), at a level from low-dose to clean;
+- correlated noise (white noise through a kernel-like filter), at a level from low-dose to clean,
+  stated for a reference voxel and scaled to the phantom's own (:func:`noise_sd`);
 - drift of the HU scale: an offset and a gain about water (0 HU), as scanners are calibrated;
 - the reconstruction circle, outside which scanners write -1024, -2000 or -3024;
 - beam-hardening streaks near dense bone, and metal with its bright and dark streaks (some studies).
@@ -20,6 +21,21 @@ import numpy as np
 import SimpleITK as sitk
 
 PADDING = (-1024.0, -2000.0, -3024.0)
+# Noise levels are drawn for a 0.5 x 0.5 x 5 mm voxel, the grid a head CT is read on: 2.5 HU
+# (a clean standard dose) to 8 HU (low dose).
+REFERENCE_VOXEL_MM3 = 0.5 * 0.5 * 5.0
+NOISE_HU = (2.5, 8.0)
+
+
+def noise_sd(level_hu: float, spacing_zyx) -> float:
+    """The noise SD, in HU, on a voxel of ``spacing_zyx`` of a scan whose noise is ``level_hu``
+    on the reference voxel. At one dose, noise variance falls as the voxel's volume grows, so a
+    phantom sampled every 2 mm carries a fraction of the noise of the same scan read at 0.5 mm;
+    drawn at the reference level on the phantom's coarse grid (as before), a head's noise was
+    several times what any scanner leaves at that voxel size, and buried bleeds of 20 HU
+    contrast that a reader sees."""
+    volume = float(np.prod([float(v) for v in spacing_zyx]))
+    return float(level_hu) * float(np.sqrt(REFERENCE_VOXEL_MM3 / volume))
 
 
 def blur(hu: np.ndarray, spacing_zyx, sigma_mm) -> np.ndarray:
@@ -105,7 +121,7 @@ def acquire(rng: np.random.Generator, hu: np.ndarray, spacing_zyx, dense_mask: n
     psf = rng.uniform(0.35, 1.1)
     profile = dz * rng.uniform(0.3, 0.5)
     hu = blur(hu, spacing_zyx, (profile, psf, psf))
-    noise = rng.uniform(2.5, 14.0)
+    noise = noise_sd(rng.uniform(*NOISE_HU), spacing_zyx)
     hu += correlated_noise(rng, hu.shape, spacing_zyx, noise, rng.uniform(0.4, 1.2))
     # calibration drift: scanners are calibrated on water, so the scale turns about 0 HU (a gain
     # about air, -1000, would move brain and blood by ±30 HU, past what separates them)

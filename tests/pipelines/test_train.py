@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
 from pipelines.dataset import Item  # noqa: E402
-from pipelines.train import margin_loss, patch_sampler, visible_lesion  # noqa: E402
+from pipelines.train import lookalike_centres, margin_loss, patch_sampler, visible_lesion  # noqa: E402
 
 
 def volume(fill: float) -> torch.Tensor:
@@ -122,3 +122,28 @@ def test_a_lesion_trains_only_where_the_input_shows_it_not_on_the_bone_its_edge_
     (p, n) = visible_lesion([positive, negative], [0.4, 0.95])
     assert p.mask[..., 0].sum() == 0 and p.mask[..., 1:3].all() and p.mask[..., 3:].sum() == 0
     assert n is negative and visible_lesion([positive], None)[0] is positive
+
+
+def test_hard_negative_patches_centre_on_what_reads_like_a_lesion_and_never_on_or_beside_one():
+    image = np.full((1, 4, 16, 16), 0.3, np.float32)  # brain
+    image[:, :, 2, 2] = 0.8  # a calcification's rim: reads like blood
+    image[:, 1:3, 10:12, 10:12] = 0.7  # the bleed
+    mask = np.zeros_like(image)
+    mask[:, 1:3, 10:12, 10:12] = 1.0
+    rng = np.random.default_rng(0)
+    centres = lookalike_centres({"image": image, "mask": mask}, [0.4, 0.95], 1.0, rng)
+    zyx = np.array(np.unravel_index(centres["bg"], image.shape[1:])).T
+    assert len(zyx) == 4 and (zyx[:, 1:] == 2).all()  # the rim, in every slice; not the bleed
+    assert set(centres["fg"]) == set(np.flatnonzero(mask[0]))
+    # share 0 (or no window): background centres anywhere off the lesion, as MONAI would draw
+    for share, window in ((0.0, [0.4, 0.95]), (1.0, None)):
+        plain = lookalike_centres({"image": image, "mask": mask}, window, share, rng)
+        assert len(plain["bg"]) == mask[0].size - mask.sum()
+    # a patch centred there holds the mimic, and the crop consumes the centre keys
+    sampler = patch_sampler([2, 4, 4], [4, 16, 16])
+    image[:, 1:3, 10:12, 10:12] = 0.3  # a negative study: the rim is all that reads like blood
+    for _ in range(8):
+        sampler.set_random_state(int(rng.integers(1 << 16)))
+        pair = lookalike_centres({"image": image, "mask": np.zeros_like(mask)}, [0.4, 0.95], 1.0, rng)
+        patch = sampler(pair)[0]
+        assert float(np.asarray(patch["image"]).max()) == np.float32(0.8) and "bg" not in patch
