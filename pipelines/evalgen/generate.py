@@ -15,16 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.dataset import pool_map
-from pipelines.evalgen import head
+from pipelines.evalgen import chest, head
 from pipelines.synth.common import Phantom
 from pipelines.synth.write import write_labels, write_study
 
 # independent kind -> (drawing function, finding, contrast, body part, series description)
 KINDS = {
     "head_ct": (head.head_ct, "ich", False, "HEAD", "CT HEAD NON-CONTRAST"),
+    "chest_ct_pneumothorax": (chest.pneumothorax_ct, "pneumothorax", False, "CHEST", "CT CHEST"),
+    "chest_ct_pericardial": (chest.pericardial_ct, "pericardial_effusion", False, "CHEST", "CT CHEST NON-CONTRAST"),
+    "chest_cta_pe": (chest.pe_cta, "pe", True, "CHEST", "CTA CHEST PE PROTOCOL"),
+    "chest_cta_dissection": (chest.dissection_cta, "aortic_dissection", True, "CHEST", "CTA CHEST AORTA"),
 }
 # the finding a model reads -> its independent kind
-FOR_FINDING = {"ich": "head_ct"}
+FOR_FINDING = {"ich": "head_ct", "pneumothorax": "chest_ct_pneumothorax", "pericardial_effusion": "chest_ct_pericardial",
+               "pe": "chest_cta_pe", "aortic_dissection": "chest_cta_dissection"}
 
 
 def _one(kind: str, seed: int, out: Path, matrix: int, i: int) -> dict:
@@ -32,7 +37,7 @@ def _one(kind: str, seed: int, out: Path, matrix: int, i: int) -> dict:
     rng = np.random.default_rng([seed, i, 77])
     d = draw(rng, bool(rng.random() < 0.5), matrix=matrix)
     ph = Phantom(hu=d["hu"], spacing_zyx=d["spacing_zyx"], mask=d["mask"], label=d["label"], finding=finding,
-                 kind=d["kind"], contrast=contrast, description=description, lesion_ml=d["lesion_ml"],
+                 kind=d["kind"], contrast=d.get("contrast", contrast), description=description, lesion_ml=d["lesion_ml"],
                  body_part=body_part)
     return write_study(ph, out, f"ind{seed}-{i:04d}", seed)
 

@@ -21,41 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines.evalgen.scanner import mtf, pink, ramp_noise
+
 BLEEDS = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
-
-
-def _pink(rng: np.random.Generator, shape, beta: float, cutoff: float = 0.0) -> np.ndarray:
-    """Zero-mean, unit-SD noise whose power falls as 1/f^beta (frequencies in cycles/voxel)."""
-    freqs = np.meshgrid(*[np.fft.fftfreq(n) for n in shape[:-1]], np.fft.rfftfreq(shape[-1]), indexing="ij")
-    f = np.sqrt(sum(g ** 2 for g in freqs))
-    f[(0,) * len(shape)] = 1.0
-    amp = f ** (-beta / 2)
-    if cutoff:
-        amp *= np.exp(-(f / cutoff) ** 2)
-    amp[(0,) * len(shape)] = 0.0
-    spec = (rng.standard_normal(amp.shape) + 1j * rng.standard_normal(amp.shape)) * amp
-    out = np.fft.irfftn(spec, s=shape).astype(np.float32)
-    return out / (out.std() or 1.0)
-
-
-def _mtf(image: np.ndarray, pixel_mm: float, f50: float) -> np.ndarray:
-    """In-plane blur: a Lorentzian MTF that falls to one half at ``f50`` cycles/mm."""
-    fy = np.fft.fftfreq(image.shape[-2], d=pixel_mm)[:, None]
-    fx = np.fft.rfftfreq(image.shape[-1], d=pixel_mm)[None, :]
-    mtf = 1.0 / (1.0 + (np.sqrt(fy ** 2 + fx ** 2) / f50) ** 2)
-    return np.fft.irfft2(np.fft.rfft2(image) * mtf, s=image.shape[-2:]).astype(np.float32)
-
-
-def _ramp_noise(rng: np.random.Generator, shape_yx, pixel_mm: float, peak: float) -> np.ndarray:
-    """One slice of CT noise: white noise shaped by a ramp times an apodising window (an NPS
-    that peaks near ``peak`` cycles/mm), unit SD."""
-    fy = np.fft.fftfreq(shape_yx[0], d=pixel_mm)[:, None]
-    fx = np.fft.rfftfreq(shape_yx[1], d=pixel_mm)[None, :]
-    f = np.sqrt(fy ** 2 + fx ** 2)
-    nps = f * np.exp(-(f / peak) ** 2)
-    white = rng.standard_normal(shape_yx)
-    out = np.fft.irfft2(np.fft.rfft2(white) * np.sqrt(nps), s=shape_yx).astype(np.float32)
-    return out / (out.std() or 1.0)
 
 
 class _Head:
@@ -99,8 +67,8 @@ def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 384) -> d
     ys, xs = y2 * np.cos(roll) - x2 * np.sin(roll), y2 * np.sin(roll) + x2 * np.cos(roll)
     theta2 = np.arctan2(ys, xs)
     thick_map = head.thickness(theta2)
-    tex = _pink(rng, (nz * sub // 2 + 1, matrix // 2, matrix // 2), 2.0)
-    folds = _pink(rng, (nz * sub // 2 + 1, matrix // 2, matrix // 2), 3.0)
+    tex = pink(rng, (nz * sub // 2 + 1, matrix // 2, matrix // 2), 2.0)
+    folds = pink(rng, (nz * sub // 2 + 1, matrix // 2, matrix // 2), 3.0)
     kind = str(rng.choice(BLEEDS)) if positive else "none"
     bleed_hu = rng.uniform(45, 85)
     grey, white, csf = rng.uniform(34, 42), rng.uniform(23, 30), rng.uniform(0, 9)
@@ -198,7 +166,7 @@ def head_ct(rng: np.random.Generator, positive: bool, *, matrix: int = 384) -> d
     peak = rng.uniform(0.2, 0.5)
     for k in range(nz):
         slab = hu[k * sub:(k + 1) * sub].mean(axis=0)
-        out[k] = _mtf(slab, pixel, f50) + sd * gain * _ramp_noise(rng, (matrix, matrix), pixel, peak)
+        out[k] = mtf(slab, pixel, f50) + sd * gain * ramp_noise(rng, (matrix, matrix), pixel, peak)
     lesion = mask.reshape(nz, sub, matrix, matrix).mean(axis=1) >= 0.5
     if rng.random() < 0.7:  # the reconstruction circle, in the scanner's frame
         out[:, np.sqrt(yx[:, None] ** 2 + yx[None, :] ** 2) > fov / 2 * 0.98] = float(rng.choice([-2000.0, -3024.0]))

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.helpers import ROOT
 
@@ -64,5 +65,28 @@ def test_independent_head_cts_decode_with_their_physics(tmp_path):
         vol = decode_series(series)
         brain = vol.array[(vol.array > 0) & (vol.array < 80)]
         assert brain.size > 1000 and 20 < float(np.median(brain)) < 50  # brain reads as brain, in HU
+        if int(row["label"]):
+            assert (tmp_path / "ind" / row["mask"]).exists() and float(row["lesion_ml"]) > 0
+
+
+@pytest.mark.parametrize("kind", ["chest_ct_pneumothorax", "chest_ct_pericardial", "chest_cta_pe",
+                                  "chest_cta_dissection"])
+def test_independent_chest_cts_decode_as_chests_and_their_positives_carry_the_finding(tmp_path, kind):
+    from pipelines.evalgen.generate import FOR_FINDING, KINDS, generate
+    from triage.dicom import decode_series, scan_study
+
+    rows = generate(kind, 4, 9102, tmp_path / "ind", matrix=96, progress=False)
+    finding = KINDS[kind][1]
+    assert FOR_FINDING[finding] == kind and {r["finding"] for r in rows} == {finding}
+    assert any(int(r["label"]) for r in rows)
+    for row in rows:
+        (series,) = scan_study(tmp_path / "ind" / "studies" / row["study_id"])[:1]
+        vol = decode_series(series)
+        lung = vol.array[(vol.array > -950) & (vol.array < -600)]
+        soft = vol.array[(vol.array > -150) & (vol.array < 150)]
+        assert lung.size > 1000 and soft.size > lung.size / 4  # aerated lung and a body around it, in HU
+        expected = {"chest_cta_pe": True, "chest_cta_dissection": True, "chest_ct_pericardial": False}.get(kind)
+        if expected is not None:  # the pneumothorax kind comes with and without contrast
+            assert series.contrast == expected
         if int(row["label"]):
             assert (tmp_path / "ind" / row["mask"]).exists() and float(row["lesion_ml"]) > 0
