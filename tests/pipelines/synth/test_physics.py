@@ -8,16 +8,19 @@ from pipelines.synth.head import head_ct_v2
 from pipelines.synth.physics import acquire
 
 
+def scanned_brain(seed: int, spacing) -> np.ndarray:
+    """A block of uniform 35 HU tissue in air as acquire scans it (no metal); its middle."""
+    hu = np.full((12, 48, 48), -1000.0, np.float32)
+    hu[1:11, 4:44, 4:44] = 35.0
+    out = acquire(np.random.default_rng(seed), hu, spacing, metal_probability=0.0)
+    return out[4:8, 16:32, 16:32]
+
+
 def test_calibration_drift_keeps_soft_tissue_within_a_few_hu_of_its_value():
     # Scanners are calibrated on water: a gain drift turns the scale about 0 HU. Turned about
     # air it moved brain (35 HU) by up to ±30 HU, onto blood, and the v2 ich model could not
     # learn (validation AUC 0.61; 32 mL bleeds read at 20 HU).
-    means = []
-    for seed in range(12):
-        hu = np.full((12, 48, 48), -1000.0, np.float32)
-        hu[2:10, 8:40, 8:40] = 35.0
-        out = acquire(np.random.default_rng(seed), hu, (2.5, 1.0, 1.0), metal_probability=0.0)
-        means.append(float(out[4:8, 16:32, 16:32].mean()))
+    means = [float(scanned_brain(seed, (2.5, 1.0, 1.0)).mean()) for seed in range(12)]
     assert max(abs(m - 35.0) for m in means) < 10.0, means
 
 
@@ -29,12 +32,7 @@ def test_noise_falls_with_the_voxel_volume_as_a_scanner_s_does():
     assert abs(noise_sd(8.0, (5.0, 2.0, 2.0)) - 2.0) < 1e-9
     # what acquire leaves on a uniform brain: at a 2 mm grid no study is noisier than a low-dose
     # scan would be there (it drew 2.5-14 HU whatever the voxel)
-    sds = []
-    for seed in range(8):
-        hu = np.full((12, 48, 48), -1000.0, np.float32)
-        hu[1:11, 4:44, 4:44] = 35.0
-        out = acquire(np.random.default_rng(seed), hu, (5.0, 2.0, 2.0), metal_probability=0.0)
-        sds.append(float(out[4:8, 16:32, 16:32].std()))
+    sds = [float(scanned_brain(seed, (5.0, 2.0, 2.0)).std()) for seed in range(8)]
     assert max(sds) < 1.5 * noise_sd(NOISE_HU[1], (5.0, 2.0, 2.0)), sds
 
 
