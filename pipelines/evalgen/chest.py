@@ -127,8 +127,7 @@ class _Chest:
         widen = 1.0 + 0.06 * np.cos(np.pi * np.clip(z / 250, -1, 1))
         a = self.a * widen * (1 - 0.55 * taper)
         b = self.b * widen * (1 - 0.35 * taper)
-        yc = ys - b * 0.0
-        rho = (np.abs(xs / a) ** self.power + np.abs(yc / b) ** self.power) ** (1 / self.power)
+        rho = (np.abs(xs / a) ** self.power + np.abs(ys / b) ** self.power) ** (1 / self.power)
         return rho, (1 - rho) * np.minimum(a, b)
 
     def dome(self, ys, xs):
@@ -155,7 +154,8 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
     y1, x1 = (yx - u(-20, 20)).astype(np.float32), (yx - u(-15, 15)).astype(np.float32)  # the patient off centre
     ys, xs = np.meshgrid(y1, x1, indexing="ij")
     theta = np.arctan2(ys, xs)
-    # the bolus: HU of each blood pool in this phase
+    # the bolus: HU of the pulmonary arteries, the aorta, the superior vena cava and the liver
+    # in this phase
     phase = {"none": (40, 40, 40, 40), "pulmonary": (u(280, 480), u(120, 220), u(600, 2200), u(70, 90)),
              "aortic": (u(180, 300), u(280, 450), u(300, 1200), u(80, 100)),
              "venous": (u(140, 190), u(140, 190), u(130, 180), u(100, 125))}[contrast]
@@ -175,7 +175,6 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
     stomach = (u(-40, -10), u(-40, 0), u(45, 75), u(25, 45))  # z, y, x, radius
     air_level = stomach[1] - stomach[3] * u(0.2, 0.7)
     # the finding
-    label = positive
     side = float(rng.choice([-1.0, 1.0]))
     # a pneumothorax: air up to ``layer`` mm deep between the chest wall and the lung, deepest
     # where the patient's front turns to ``side`` (non-dependent, the patient supine), over ``arc``
@@ -339,15 +338,14 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
                 s[false] = 40.0 if thrombosed else ao_hu * u(0.5, 0.85)
                 s[flap_px] = 70.0
                 mask[k] |= flap_px | false
-        for tube in (c.svc,):
-            d, r, _ = tube.near(z, y1, x1)
-            s[(d < r) & cavity] = svc_hu if contrast in ("pulmonary", "aortic") else (40.0 if contrast == "none" else 150.0)
-            if contrast in ("pulmonary", "aortic") and svc_hu > 800 and np.isfinite(d).any() and (d < r).any():
-                cy, cx = ys[d < r].mean(), xs[d < r].mean()
-                ang = np.arctan2(ys - cy, xs - cx)
-                dist = np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
-                streak = (svc_hu / 8) * np.cos(7 * ang + u(0, 6.3)) * np.exp(-dist / 35) * (dist > r)
-                s[body] += streak[body]
+        d, r, _ = c.svc.near(z, y1, x1)
+        s[(d < r) & cavity] = svc_hu  # early phases: contrast from the arm, barely diluted
+        if contrast in ("pulmonary", "aortic") and svc_hu > 800 and (d < r).any():
+            cy, cx = ys[d < r].mean(), xs[d < r].mean()
+            ang = np.arctan2(ys - cy, xs - cx)
+            dist = np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
+            streak = (svc_hu / 8) * np.cos(7 * ang + u(0, 6.3)) * np.exp(-dist / 35) * (dist > r)
+            s[body] += streak[body]
         for i, tube in enumerate(c.arteries):
             d, r, which = tube.near(z, y1, x1)
             inside = (d < r) & (chest | (cavity & mid))
@@ -385,7 +383,7 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
     if rng.random() < 0.7:
         out[:, np.sqrt(yx[:, None] ** 2 + yx[None, :] ** 2) > fov / 2 * 0.98] = float(rng.choice([-1024.0, -2000.0, -3024.0]))
     voxel_ml = thickness * pixel * pixel / 1000
-    label = int(label and lesion.any())
+    label = int(positive and lesion.any())
     return {"hu": out, "spacing_zyx": (thickness, pixel, pixel), "mask": lesion, "label": label,
             "kind": finding if label else "none", "lesion_ml": float(lesion.sum() * voxel_ml)}
 
