@@ -161,9 +161,10 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
              "venous": (u(140, 190), u(140, 190), u(130, 180), u(100, 125))}[contrast]
     pa_hu, ao_hu, svc_hu, liver_hu = (float(v) for v in phase)
     myo_hu = 45.0 if contrast == "none" else u(90, 140)
+    half = (matrix + 1) // 2  # texture is drawn at half resolution, then doubled (an odd matrix too)
     # texture planes every 4 mm (parenchyma) and 2 mm (vessels, glandular strands), whatever the slices
-    tex = pink(rng, (int((top - bottom) / 4) + 2, matrix // 2, matrix // 2), 2.2)
-    vessels = pink(rng, (int((top - bottom) / 2) + 2, matrix // 2, matrix // 2), 3.2)
+    tex = pink(rng, (int((top - bottom) / 4) + 2, half, half), 2.2)
+    vessels = pink(rng, (int((top - bottom) / 2) + 2, half, half), 3.2)
     # normal variation switched on per patient
     bullae = [(u(c.apex - 70, c.apex - 10), u(-60, 40), rng.choice([-1, 1]) * u(40, 100), u(5, 22))
               for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.4 else 0)]
@@ -177,7 +178,8 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
     # the finding
     side = float(rng.choice([-1.0, 1.0]))
     # a pneumothorax: air up to ``layer`` mm deep between the chest wall and the lung, deepest
-    # where the patient's front turns to ``side`` (non-dependent, the patient supine), over ``arc``
+    # where the patient's front turns to ``side`` (non-dependent, the patient supine), thinning to
+    # none 35-110 degrees away
     if finding == "pneumothorax":
         spread = u(0.2, 1.6)
         ptx = (u(3, 40), u(c.apex - 150, c.apex - 30), np.cos(np.radians(u(35, 110))),
@@ -244,9 +246,9 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
             s[abdomen & ((xs - bx) ** 2 + (ys - by) ** 2 < u(4, 14) ** 2)] = -1000.0
         # the mediastinum and the lungs
         # the mediastinum: a lens from the sternum to the spine, widest at the heart
-        half = (c.mediastinum + 30 * np.exp(-((z - c.heart[0]) / 50) ** 2)) * np.sqrt(
+        mid_half = (c.mediastinum + 30 * np.exp(-((z - c.heart[0]) / 50) ** 2)) * np.sqrt(
             np.clip(1 - ((ys - c.spine_y * 0.2) / (c.b * 0.9)) ** 2, 0, 1))
-        mid = np.abs(xs - 8) < half
+        mid = np.abs(xs - 8) < mid_half
         lung = chest & ~mid
         s[chest & mid] = -90.0  # mediastinal fat
         kz = min(int((z - bottom) / 4), len(tex) - 1)
