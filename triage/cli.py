@@ -212,9 +212,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     host = Host(KafkaSource(kafka), KafkaSink(kafka), WorkerPool(settings, settings.processes), pipeline,
                 topics=topics, options=options)
     hosts.append(host)
-    if stop_requested:
+    if stop_requested:  # the pool, producer and consumer are closed by run's shutdown
         print("triage: stopped before joining the group", file=sys.stderr, flush=True)
-        return 0
+        host.stop()
     host.run()
     return 0
 

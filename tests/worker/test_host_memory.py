@@ -286,3 +286,25 @@ def test_a_refused_send_is_retried_with_back_off_and_nothing_is_committed_past_i
     assert gaps[0] >= 0.18 and gaps[1] >= 0.36 and gaps[2] >= 0.72  # 0.2 s, doubling: it never spins
     assert committed_while_refused and set(committed_while_refused) == {0}
     assert broker.committed("triage", ("triage.studies", 0)) == 1
+
+
+def test_a_host_stopped_before_it_runs_never_joins_and_still_closes_its_pool(tmp_path, settings):
+    # `triage worker` told to stop while it verifies models and checks the broker
+    broker = MemoryBroker(partitions=2)
+    folder = tmp_path / "s"
+    write_series(folder, 4)
+    broker.produce("triage.studies", b"1.2.3.9", _event("1.2.3.9", folder))
+    joined = []
+
+    class Source(MemorySource):  # the in-process source, noting when it joins the group
+        def subscribe(self, *args, **kwargs):
+            joined.append(True)
+            super().subscribe(*args, **kwargs)
+
+    pool = WorkerPool(settings, settings.processes)
+    assert pool.pids()
+    host = Host(Source(broker), MemorySink(broker), pool, Pipeline.from_settings(settings))
+    host.stop()
+    host.run()
+    assert not joined  # no rebalance for the rest of the group
+    assert broker.messages("triage.priority") == [] and not pool.pids()  # nothing consumed; workers gone

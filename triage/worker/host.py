@@ -122,6 +122,8 @@ class Host:
         """Consume until stopped. Whatever happens to one message stays with that message;
         an exception that escapes (the bus itself failing) still gets the full shutdown."""
         try:
+            if self._stop.is_set():  # stopped while starting: close what was opened, never join the group
+                return
             self.source.subscribe([self.topics.studies], self._on_assigned, self._on_revoked)
             log.info("host started: %d process(es), up to %d studies in flight, %.0f s deadline per study",
                      self.pool.processes, self.options.max_in_flight, self.pool.deadline_s)
