@@ -27,17 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.evalgen.scanner import mtf, pink, ramp_noise
+from pipelines.evalgen.shapes import segment_distance
 
 FINDINGS = ("pneumothorax", "pericardial_effusion", "pe", "aortic_dissection")
-
-
-def _segment_distance(z: float, ys: np.ndarray, xs: np.ndarray, p0, p1) -> tuple[np.ndarray, np.ndarray]:
-    """Distance in mm from the points (z, ys, xs) to the segment p0→p1 (each [z, y, x]), and the
-    fraction along it of the nearest point."""
-    p0, d = np.asarray(p0, np.float32), np.asarray(p1, np.float32) - np.asarray(p0, np.float32)
-    t = np.clip(((z - p0[0]) * d[0] + (ys - p0[1]) * d[1] + (xs - p0[2]) * d[2]) / float(d @ d), 0.0, 1.0)
-    dist = np.sqrt((z - p0[0] - t * d[0]) ** 2 + (ys - p0[1] - t * d[1]) ** 2 + (xs - p0[2] - t * d[2]) ** 2)
-    return dist, t
 
 
 class _Tube:
@@ -68,7 +60,7 @@ class _Tube:
             if not len(rows) or not len(cols):
                 continue
             box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-            dist, _ = _segment_distance(z, y1[box[0], None], x1[None, box[1]], p0, p1)
+            dist, _ = segment_distance(z, y1[box[0], None], x1[None, box[1]], p0, p1)
             closer = dist < best[box]
             best[box][closer], radius[box][closer], which[box][closer] = dist[closer], r, i
         return best, radius, which
@@ -331,7 +323,7 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
                 if not here.any():
                     continue
                 p0, p1 = c.aorta.points[seg], c.aorta.points[seg + 1]
-                _, tt = _segment_distance(z, ys, xs, p0, p1)
+                _, tt = segment_distance(z, ys, xs, p0, p1)
                 cy, cx = p0[1] + tt * (p1[1] - p0[1]), p0[2] + tt * (p1[2] - p0[2])
                 side_mm = (ys - cy) * ny_ + (xs - cx) * nx_
                 cut = (true_share - 0.5) * 2 * r
@@ -355,7 +347,7 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, contrast
             if finding == "pe" and positive and tube is clot[0]:
                 _, seg, (t0, t1), occlusive, direction, clot_hu = clot
                 p0, p1 = tube.points[seg], tube.points[seg + 1]
-                _, tt = _segment_distance(z, ys, xs, p0, p1)
+                _, tt = segment_distance(z, ys, xs, p0, p1)
                 along = inside & (which == seg) & (tt >= t0) & (tt <= max(t1, t0 + 0.15))
                 if not occlusive:
                     cy, cx = p0[1] + tt * (p1[1] - p0[1]), p0[2] + tt * (p1[2] - p0[2])

@@ -22,13 +22,16 @@ from pipelines.synth.write import write_labels, write_study
 # independent kind -> (drawing function, finding, contrast, body part, series description)
 KINDS = {
     "head_ct": (head.head_ct, "ich", False, "HEAD", "CT HEAD NON-CONTRAST"),
+    "head_cta": (head.head_cta, "lvo", True, "HEAD", "CTA HEAD ANGIO"),
+    "head_ct_fracture": (head.head_ct_fracture, "skull_fracture", False, "HEAD", "CT HEAD BONE"),
     "chest_ct_pneumothorax": (chest.pneumothorax_ct, "pneumothorax", False, "CHEST", "CT CHEST"),
     "chest_ct_pericardial": (chest.pericardial_ct, "pericardial_effusion", False, "CHEST", "CT CHEST NON-CONTRAST"),
     "chest_cta_pe": (chest.pe_cta, "pe", True, "CHEST", "CTA CHEST PE PROTOCOL"),
     "chest_cta_dissection": (chest.dissection_cta, "aortic_dissection", True, "CHEST", "CTA CHEST AORTA"),
 }
 # the finding a model reads -> its independent kind
-FOR_FINDING = {"ich": "head_ct", "pneumothorax": "chest_ct_pneumothorax", "pericardial_effusion": "chest_ct_pericardial",
+FOR_FINDING = {"ich": "head_ct", "lvo": "head_cta", "skull_fracture": "head_ct_fracture",
+               "pneumothorax": "chest_ct_pneumothorax", "pericardial_effusion": "chest_ct_pericardial",
                "pe": "chest_cta_pe", "aortic_dissection": "chest_cta_dissection"}
 
 

@@ -54,19 +54,40 @@ def test_nothing_trains_or_calibrates_on_the_independent_generator():
             assert not any("evalgen" in n for n in names), f"{path.name} reads the evaluation-only generator"
 
 
-def test_independent_head_cts_decode_with_their_physics(tmp_path):
-    from pipelines.evalgen.generate import generate
+@pytest.mark.parametrize("kind", ["head_ct", "head_cta", "head_ct_fracture"])
+def test_independent_head_cts_decode_with_their_physics(tmp_path, kind):
+    from pipelines.evalgen.generate import FOR_FINDING, KINDS, generate
     from triage.dicom import decode_series, scan_study
 
-    rows = generate("head_ct", 4, 9101, tmp_path / "ind", matrix=96, progress=False)
-    assert len(rows) == 4 and {r["finding"] for r in rows} == {"ich"}
+    rows = generate(kind, 4, 9101, tmp_path / "ind", matrix=96, progress=False)
+    finding, contrast = KINDS[kind][1], KINDS[kind][2]
+    assert len(rows) == 4 and FOR_FINDING[finding] == kind and {r["finding"] for r in rows} == {finding}
     for row in rows:
         (series,) = scan_study(tmp_path / "ind" / "studies" / row["study_id"])[:1]
+        assert series.contrast == contrast
         vol = decode_series(series)
         brain = vol.array[(vol.array > 0) & (vol.array < 80)]
         assert brain.size > 1000 and 20 < float(np.median(brain)) < 50  # brain reads as brain, in HU
         if int(row["label"]):
             assert (tmp_path / "ind" / row["mask"]).exists() and float(row["lesion_ml"]) > 0
+
+
+@pytest.mark.parametrize("draw", ["head_cta", "head_ct_fracture"])
+def test_an_independent_heads_lesion_reads_as_its_finding(draw):
+    """An occluded artery is dark (opacified arteries are 220 HU or more); a fracture is a gap,
+    darker than the bone around it."""
+    from pipelines.evalgen import head
+
+    found = 0
+    for i in range(4):
+        d = getattr(head, draw)(np.random.default_rng([31, i]), True, matrix=128)
+        if not d["label"]:
+            continue
+        found += 1
+        assert d["kind"] != "none" and d["lesion_ml"] > 0
+        lesion = float(np.median(d["hu"][d["mask"]]))
+        assert lesion < (150.0 if draw == "head_cta" else float(np.median(d["hu"][d["hu"] > 700])) - 200)
+    assert found >= 3
 
 
 @pytest.mark.parametrize("kind", ["chest_ct_pneumothorax", "chest_ct_pericardial", "chest_cta_pe",
