@@ -290,14 +290,14 @@ def real_studies(models_dir: Path, work: Path) -> dict[str, dict]:
 
 
 def external_evaluation(models_dir: Path, name: str, finding: str, work: Path, progress: bool = True,
-                        n: int = INDEPENDENT["n"], matrix: int = 384) -> dict:
+                        n: int = INDEPENDENT["n"], matrix: int = 384, radiograph: bool = False) -> dict:
     """The model as served on the independent generator's studies (when it draws the finding) and
     on the real studies; for eval.json, eval.md and the card."""
     from pipelines.envelope import guarded_figures
-    from pipelines.evalgen.generate import FOR_FINDING, generate
+    from pipelines.evalgen.generate import generate, independent_kind
 
     out: dict = {"real_studies": real_studies(models_dir, work)[name]}
-    kind = FOR_FINDING.get(finding)
+    kind = independent_kind(finding, radiograph)
     if kind is None:
         out["independent"] = None  # the independent generator does not draw this finding yet
         return out

@@ -134,6 +134,7 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     write_figures(folder, result["guard"])
     # beyond our own generator: the independent one, and real studies (never used above)
     external = external_evaluation(models_dir.resolve(), name, cfg["finding"]["code"], work / "external", progress,
+                                   radiograph=spec.shape[0] == 1,
                                    **({"n": 4, "matrix": 64} if small else {}))
     result.update(external)
     result["targets_beyond"] = write_external(folder, external)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.dataset import pool_map
-from pipelines.evalgen import chest, head
+from pipelines.evalgen import chest, head, radiograph
 from pipelines.synth.common import Phantom
 from pipelines.synth.write import write_labels, write_study
 
@@ -24,15 +24,22 @@ KINDS = {
     "head_ct": (head.head_ct, "ich", False, "HEAD", "CT HEAD NON-CONTRAST"),
     "head_cta": (head.head_cta, "lvo", True, "HEAD", "CTA HEAD ANGIO"),
     "head_ct_fracture": (head.head_ct_fracture, "skull_fracture", False, "HEAD", "CT HEAD BONE"),
+    "chest_radiograph": (radiograph.chest_radiograph, "pneumothorax", False, "CHEST", "CHEST PA"),
     "chest_ct_pneumothorax": (chest.pneumothorax_ct, "pneumothorax", False, "CHEST", "CT CHEST"),
     "chest_ct_pericardial": (chest.pericardial_ct, "pericardial_effusion", False, "CHEST", "CT CHEST NON-CONTRAST"),
     "chest_cta_pe": (chest.pe_cta, "pe", True, "CHEST", "CTA CHEST PE PROTOCOL"),
     "chest_cta_dissection": (chest.dissection_cta, "aortic_dissection", True, "CHEST", "CTA CHEST AORTA"),
 }
-# the finding a model reads -> its independent kind
-FOR_FINDING = {"ich": "head_ct", "lvo": "head_cta", "skull_fracture": "head_ct_fracture",
-               "pneumothorax": "chest_ct_pneumothorax", "pericardial_effusion": "chest_ct_pericardial",
-               "pe": "chest_cta_pe", "aortic_dissection": "chest_cta_dissection"}
+RADIOGRAPHS = frozenset({"chest_radiograph"})  # kinds drawn as one projection image, not a CT series
+
+
+def independent_kind(finding: str, radiograph: bool = False) -> str | None:
+    """The kind that draws ``finding`` as a model reads it (a CT series, or a radiograph), or None
+    while none does."""
+    for kind, entry in KINDS.items():
+        if entry[1] == finding and (kind in RADIOGRAPHS) == radiograph:
+            return kind
+    return None
 
 
 def _one(kind: str, seed: int, out: Path, matrix: int, i: int) -> dict:
@@ -41,7 +48,7 @@ def _one(kind: str, seed: int, out: Path, matrix: int, i: int) -> dict:
     d = draw(rng, bool(rng.random() < 0.5), matrix=matrix)
     ph = Phantom(hu=d["hu"], spacing_zyx=d["spacing_zyx"], mask=d["mask"], label=d["label"], finding=finding,
                  kind=d["kind"], contrast=d.get("contrast", contrast), description=description, lesion_ml=d["lesion_ml"],
-                 body_part=body_part)
+                 body_part=body_part, modality=d.get("modality", "CT"), extra=d.get("extra", {}))
     return write_study(ph, out, f"ind{seed}-{i:04d}", seed)
 
 

@@ -210,8 +210,16 @@ def _write_radiograph(ph: Phantom, folder: Path, study_id: str, root: str) -> No
     ds.ViewCodeSequence = [_code("399348003", "SCT", "postero-anterior")]
     ds.Rows, ds.Columns = ny, nx
     ds.ImagerPixelSpacing = ds.PixelSpacing = [dy, dx]
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = np.clip(np.rint(ph.hu[0]), 0, 4095).astype(np.uint16).tobytes()
+    # how the film is stored: 12-bit MONOCHROME2 with a full-range window, unless the phantom says
+    bits = int(ph.extra.get("bits_stored", 12))
+    ds.BitsStored, ds.HighBit = bits, bits - 1
+    ds.PhotometricInterpretation = ph.extra.get("photometric", "MONOCHROME2")
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        ds.PresentationLUTShape = "INVERSE"
+    window = ph.extra.get("window", (2048, 4096))
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.clip(np.rint(ph.hu[0]), 0, (1 << bits) - 1).astype(np.uint16).tobytes()
     ds.save_as(folder / "0000.dcm", enforce_file_format=True)
 
 

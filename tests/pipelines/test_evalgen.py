@@ -56,12 +56,12 @@ def test_nothing_trains_or_calibrates_on_the_independent_generator():
 
 @pytest.mark.parametrize("kind", ["head_ct", "head_cta", "head_ct_fracture"])
 def test_independent_head_cts_decode_with_their_physics(tmp_path, kind):
-    from pipelines.evalgen.generate import FOR_FINDING, KINDS, generate
+    from pipelines.evalgen.generate import KINDS, generate, independent_kind
     from triage.dicom import decode_series, scan_study
 
     rows = generate(kind, 4, 9101, tmp_path / "ind", matrix=96, progress=False)
     finding, contrast = KINDS[kind][1], KINDS[kind][2]
-    assert len(rows) == 4 and FOR_FINDING[finding] == kind and {r["finding"] for r in rows} == {finding}
+    assert len(rows) == 4 and independent_kind(finding) == kind and {r["finding"] for r in rows} == {finding}
     for row in rows:
         (series,) = scan_study(tmp_path / "ind" / "studies" / row["study_id"])[:1]
         assert series.contrast == contrast
@@ -93,12 +93,12 @@ def test_an_independent_heads_lesion_reads_as_its_finding(draw):
 @pytest.mark.parametrize("kind", ["chest_ct_pneumothorax", "chest_ct_pericardial", "chest_cta_pe",
                                   "chest_cta_dissection"])
 def test_independent_chest_cts_decode_as_chests_and_their_positives_carry_the_finding(tmp_path, kind):
-    from pipelines.evalgen.generate import FOR_FINDING, KINDS, generate
+    from pipelines.evalgen.generate import KINDS, generate, independent_kind
     from triage.dicom import decode_series, scan_study
 
     rows = generate(kind, 4, 9102, tmp_path / "ind", matrix=96, progress=False)
     finding = KINDS[kind][1]
-    assert FOR_FINDING[finding] == kind and {r["finding"] for r in rows} == {finding}
+    assert independent_kind(finding) == kind and {r["finding"] for r in rows} == {finding}
     assert any(int(r["label"]) for r in rows)
     for row in rows:
         (series,) = scan_study(tmp_path / "ind" / "studies" / row["study_id"])[:1]
@@ -111,3 +111,29 @@ def test_independent_chest_cts_decode_as_chests_and_their_positives_carry_the_fi
             assert series.contrast == expected
         if int(row["label"]):
             assert (tmp_path / "ind" / row["mask"]).exists() and float(row["lesion_ml"]) > 0
+
+
+def test_independent_radiographs_are_stored_as_films_are_and_read_alike(tmp_path):
+    """Films of 10 to 16 bits, MONOCHROME1 or 2, decode onto one scale: the mediastinum brighter
+    than the lungs, whatever the storage."""
+    from pipelines.evalgen.generate import generate, independent_kind
+    from triage.dicom import decode_series, scan_study
+
+    assert independent_kind("pneumothorax", radiograph=True) == "chest_radiograph"
+    rows = generate("chest_radiograph", 6, 9103, tmp_path / "ind", matrix=96, progress=False)
+    stored = set()
+    for row in rows:
+        (series,) = scan_study(tmp_path / "ind" / "studies" / row["study_id"])[:1]
+        header = series.headers[0]
+        stored.add((int(header.BitsStored), str(header.PhotometricInterpretation)))
+        vol = decode_series(series)
+        assert vol.modality == "DX" and vol.array.shape[0] == 1
+        image = vol.array[0]
+        r, c = image.shape
+        band = image[int(0.35 * r):int(0.45 * r)]
+        mediastinum = np.median(band[:, int(0.47 * c):int(0.53 * c)])
+        lungs = np.median(np.concatenate([band[:, int(0.2 * c):int(0.3 * c)], band[:, int(0.7 * c):int(0.8 * c)]], axis=1))
+        assert mediastinum > lungs + 300, row["study_id"]
+        if int(row["label"]):
+            assert (tmp_path / "ind" / row["mask"]).exists() and float(row["lesion_ml"]) > 0
+    assert len(stored) > 1
