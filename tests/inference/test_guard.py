@@ -186,7 +186,8 @@ def test_an_envelope_survives_the_manifest_and_a_broken_one_is_refused(tmp_path)
 
 
 def test_the_measures_are_the_image_own():
-    """A chest CT's blood reads as its HU; a radiograph's clipping is the share outside the window."""
+    """A chest CT's blood reads as its HU, and so do a head's arteries with air in its mastoids; a
+    radiograph's clipping is the share outside the window."""
     from triage.inference.guard import measure
 
     chest = np.full((20, 64, 64), -1000.0, np.float32)
@@ -198,6 +199,14 @@ def test_the_measures_are_the_image_own():
     assert m.vessel_hu == pytest.approx(300.0)
     chest[:, 20:30, 28:36] = 40.0  # the same chest without contrast
     assert measure(chest, (2.5, 6.0, 6.0), "CT").vessel_hu == pytest.approx(40.0)
+    head = np.full((20, 64, 64), -1000.0, np.float32)
+    yy, xx = np.ogrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    head[:, r < 28] = 1200.0  # the skull
+    head[:, r < 24] = 35.0  # brain
+    head[:, 40:44, 8:12] = head[:, 40:44, 52:56] = -1000.0  # air in both mastoids, at the back
+    head[:, 14:17, 24:40] = 300.0  # opacified arteries in front of them, away from the bone
+    assert measure(head, (2.5, 3.5, 3.5), "CT").vessel_hu == pytest.approx(300.0)  # not the brain between the mastoids
     film = np.full((1, 100, 100), 1000.0, np.float32)
     film[0, :25] = 20000.0
     r = measure(film, (1.0, 0.2, 0.2), "DX")

@@ -124,6 +124,9 @@ def _fill(mask: np.ndarray) -> np.ndarray:
 
 
 _MIN_MEDIASTINUM = 200  # sampled voxels: below this the series holds no chest to measure
+# Air inside the body: a chest's lungs fill a third or more of it; a head's mastoid cells and
+# sinuses a few percent, and the brain between them is no mediastinum.
+_MIN_LUNG_SHARE = 0.08
 
 
 def _vessel_hu(sample: np.ndarray, body: np.ndarray, step_mm: list[float], posterior_rows: bool) -> float | None:
@@ -133,14 +136,15 @@ def _vessel_hu(sample: np.ndarray, body: np.ndarray, step_mm: list[float], poste
     if not posterior_rows:
         sample, body = sample[:, ::-1], body[:, ::-1]
     lungs = body & (sample < -400)
-    mediastinum = body & ~lungs & _between(lungs, 2) & (sample >= -20) & (sample <= 600)
-    rows = np.arange(sample.shape[1])[None, :, None]
-    any_row = mediastinum.any(axis=2, keepdims=True)
-    first = np.where(any_row, rows, sample.shape[1]).min(axis=1, keepdims=True)
-    last = np.where(any_row, rows, -1).max(axis=1, keepdims=True)
-    front = mediastinum & (rows <= first + 0.6 * (last - first))
-    if front.sum() >= _MIN_MEDIASTINUM:
-        return float(np.percentile(sample[front], 75))
+    if lungs.sum() >= _MIN_LUNG_SHARE * body.sum():
+        mediastinum = body & ~lungs & _between(lungs, 2) & (sample >= -20) & (sample <= 600)
+        rows = np.arange(sample.shape[1])[None, :, None]
+        any_row = mediastinum.any(axis=2, keepdims=True)
+        first = np.where(any_row, rows, sample.shape[1]).min(axis=1, keepdims=True)
+        last = np.where(any_row, rows, -1).max(axis=1, keepdims=True)
+        front = mediastinum & (rows <= first + 0.6 * (last - first))
+        if front.sum() >= _MIN_MEDIASTINUM:
+            return float(np.percentile(sample[front], 75))
     soft = body & (sample >= -100) & (sample <= 600) & ~_dilate(sample > _BONE_HU, step_mm, _NEAR_BONE_MM)
     return float(np.percentile(sample[soft], 99.9)) if soft.any() else None
 
