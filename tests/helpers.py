@@ -130,6 +130,19 @@ def make_model_dir(root: Path, name: str = "brightspot", *, modality=("CT",), se
     return folder
 
 
+def promoted_models(dest: Path, keep_in_shadow: tuple[str, ...] = ("pe",)) -> Path:
+    """A copy of the committed models with each promoted to live (as an operator would, by editing
+    its manifest), but those named: for tests of what a live finding does to a priority. The
+    committed models run in shadow until they meet their targets beyond our own generator."""
+    from pipelines.register import update_manifest
+
+    shutil.copytree(ROOT / "models", dest)
+    for manifest in sorted(dest.glob("*/manifest.yaml")):
+        if manifest.parent.name not in keep_in_shadow:
+            update_manifest(manifest.parent, mode="live")
+    return dest
+
+
 def rules_file(path: Path, rules: list[dict]) -> Path:
     path.write_text(yaml.safe_dump({"rules": rules}))
     return path

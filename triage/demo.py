@@ -166,6 +166,7 @@ def worklist_table(events: list[PriorityEvent]) -> str:
         shown += [f"{f.code} not assessed" for f in e.findings if f.assessable is False]
         findings = ", ".join(shown) or ("none positive" if e.findings else "-")
         shadow = ", ".join(f"{f.code} {f.probability:.2f}{' +' if f.positive else ''}"
+                           f"{' not assessed' if f.assessable is False else ''}"
                            for f in e.shadow_findings or []) or "-"
         reasons = "; ".join(e.priority.reasons)
         if e.error is not None:
@@ -186,5 +187,10 @@ def summary(events: list[PriorityEvent], out: Path) -> str:
     for e in events:
         counts[e.status.value] = counts.get(e.status.value, 0) + 1
     parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    return f"{len(events)} studies: {parts}. Events: {out / 'priority-events.jsonl'}"
+    text = f"{len(events)} studies: {parts}. Events: {out / 'priority-events.jsonl'}"
+    shadow = sorted({f.model.name for e in events for f in e.shadow_findings or []})
+    if shadow:
+        text += (f"\nIn shadow (recorded under SHADOW, never moving a priority): {', '.join(shadow)}. "
+                 "Each model's card says why.")
+    return text
 

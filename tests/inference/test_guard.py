@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.helpers import ROOT, make_model_dir, ref, rules_file, write_series
+from tests.helpers import ROOT, make_model_dir, promoted_models, ref, rules_file, write_series
 from triage import metrics
 from triage.events import STUDY_SCHEMA, Status, now_iso, parse_priority_event, parse_study_event, to_dict
 from triage.pipeline import Pipeline
@@ -21,9 +21,9 @@ def study(folder, **extra):
 
 
 @pytest.fixture(scope="module")
-def served():
-    """The committed models, rules and policy, as `triage worker` runs them."""
-    return Pipeline.from_settings(Settings())
+def served(tmp_path_factory):
+    """The committed models, promoted to live, with the shipped rules and policy."""
+    return Pipeline.from_settings(Settings(models_dir=promoted_models(tmp_path_factory.mktemp("served") / "models")))
 
 
 def phantom(out, kind: str, seed: int, positive: bool = False, matrix: int = 128, index: int = 0):
