@@ -43,3 +43,27 @@ def test_demotion_puts_a_live_model_in_shadow_and_keeps_its_verified_artifact(tm
     assert "runs in shadow" in status and "beyond our own generator" in status
     demote_to_shadow(folder)  # twice: said once
     assert (folder / "card.md").read_text().count("runs in shadow") == 1
+
+
+def test_recheck_measures_a_registered_model_beyond_our_generator_and_says_where_it_runs(tmp_path):
+    """`python -m pipelines.make <name> --recheck`: no training; the independent figures go into the
+    card and eval.json, and the mode follows them."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    models = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODELS / "pneumothorax_cxr", models / "pneumothorax_cxr")
+    update_manifest(models / "pneumothorax_cxr", mode="live")
+    done = subprocess.run([sys.executable, "-m", "pipelines.make", "pneumothorax_cxr", "--recheck", "--independent-n", "4",
+                           "--models", models, "--work", tmp_path / "work"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    evaluation = json.loads((models / "pneumothorax_cxr" / "eval.json").read_text())
+    assert evaluation["independent"]["n"] == 4 and "chest_radiograph" in evaluation["independent"]["split"]
+    missed = not all(t["met"] for t in evaluation["targets_beyond"])
+    assert load_manifest(models / "pneumothorax_cxr").mode == ("shadow" if missed else "live")
+    assert ("in shadow" in done.stdout) == missed
+    assert "4 studies, as served" in (models / "pneumothorax_cxr" / "card.md").read_text()
