@@ -127,7 +127,8 @@ def check_connection(config: KafkaConfig, timeout_s: float = 10.0) -> None:
         for server in config.bootstrap.split(","):
             host, port, afi = get_ip_port_afi(server.strip())
             where = f"{host}:{port}"
-            conn = BrokerConnection(host, port, afi, **args)
+            seen: set = set()  # every state the connection entered; one connect() call may pass several
+            conn = BrokerConnection(host, port, afi, state_change_callback=lambda _n, _s, c: seen.add(c.state), **args)
             deadline = time.monotonic() + timeout_s
             last = conn.state
             try:
@@ -160,8 +161,9 @@ def check_connection(config: KafkaConfig, timeout_s: float = 10.0) -> None:
                 raise BusSecurityError(f"Kafka broker {where}: the handshake failed ({type(exc).__name__})") from None
             finally:
                 conn.close()
-            if last is ConnectionStates.AUTHENTICATING and "SASL" in config.security_protocol:
-                # the handshake and API versions went through; the broker hung up on our login
+            if ConnectionStates.AUTHENTICATING in (last, *seen) and "SASL" in config.security_protocol:
+                # the handshake and API versions went through; the broker hung up on our login (on a
+                # busy host that can happen within the one connect() call that sent it)
                 raise BusSecurityError(f"Kafka broker {where}: SASL {config.sasl_mechanism} login as "
                                        f"{config.sasl_username!r} was refused (wrong password or unknown user)")
             if last in (ConnectionStates.API_VERSIONS_SEND, ConnectionStates.API_VERSIONS_RECV,
