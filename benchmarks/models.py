@@ -154,7 +154,8 @@ def bench_shadow(study: Path, models_dir: Path, work: Path, repeats: int, log) -
     models = work / "shadow-models"
     shutil.copytree(models_dir / "ich", models / "ich", ignore=shutil.ignore_patterns("weights.pt"))
     shutil.copytree(models / "ich", models / "ich_shadow")
-    doc = yaml.safe_load((models / "ich_shadow" / "manifest.yaml").read_text())
+    doc = yaml.safe_load((models / "ich" / "manifest.yaml").read_text())
+    (models / "ich" / "manifest.yaml").write_text(yaml.safe_dump({**doc, "mode": "live"}))  # shipped in shadow
     (models / "ich_shadow" / "manifest.yaml").write_text(yaml.safe_dump({**doc, "name": "ich_shadow", "mode": "shadow"}))
     rules = work / "shadow-rules.yaml"
     rules.write_text(yaml.safe_dump({"rules": [{"name": "ct", "match": {"modality": "CT"},

@@ -28,7 +28,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID_dictionary
 
+from triage.dicom.header import Header, read_fast
 from triage.events import is_uid
 from triage.errors import (CorruptFileError, DecodeError, EmptyStudyError, MixedStudiesError, StudyTooLargeError,
                            TriageError, UnsupportedImageError, VolumeTooLargeError)
@@ -159,10 +161,17 @@ def quiet_pydicom() -> Iterator[None]:
         yield
 
 
-def read_header(root: Path, rel: str, limits: ScanLimits = ScanLimits()) -> tuple[Dataset, int]:
-    """The header of one file (no pixel data) and the offset of its pixel element."""
+def read_header(root: Path, rel: str, limits: ScanLimits = ScanLimits()) -> tuple[Dataset | Header, int]:
+    """The header of one file (no pixel data) and the offset of its pixel element: read by
+    :func:`~triage.dicom.header.read_fast` where it can, else by pydicom."""
     path = root / rel
     name = safe_name(rel)
+    try:
+        fast = read_fast(path, limits.max_depth, name)
+    except OSError:
+        fast = None  # pydicom's path names what cannot be read
+    if fast is not None:
+        return fast
     with quiet_pydicom():
         try:
             with open(path, "rb") as fp:
@@ -250,7 +259,8 @@ def _int(ds: Dataset, keyword: str, default: int) -> int | None:
 
 def _is_image_class(ds: Dataset) -> bool:
     sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    return sop is not None and "Image Storage" in getattr(sop, "name", "")
+    entry = UID_dictionary.get(str(sop or "").rstrip("\0 "))  # never UID(...).name: it logs an invalid value
+    return entry is not None and "Image Storage" in entry[0]
 
 
 def _words(value) -> str:

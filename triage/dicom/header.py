@@ -1,0 +1,267 @@
+"""A header reader for the files nearly every site sends: a DICOM file (preamble and meta
+group) whose data set is explicit VR little endian, which every encapsulated (compressed)
+syntax is too. It walks the elements up to the pixel data once, keeps the small values, and
+converts a value only when asked for it; pydicom builds a full :class:`~pydicom.Dataset` of
+converted elements for every file, which is most of what a study's scan cost.
+
+Anything it does not handle returns ``None`` and goes to pydicom, which handles everything:
+implicit VR or big endian data sets, deflate, a file without the preamble, an element of
+undefined length that is not a sequence, and anything inconsistent (a length past the end of the file).
+So this module never decides that a file is broken, except for one check it shares with
+pydicom's path: sequences nested deeper than the budget.
+
+Measured on 300 files of 512×512 (issue 26, see BENCHMARKS.md), against the candidates the
+issue named.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from triage.errors import CorruptFileError
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_NOT_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+# VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_VRS = _LONG_VRS | frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+                              b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+_TEXT_ONE_VALUE = frozenset({"LT", "ST", "UT", "UR"})  # never split at backslashes
+_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # where pydicom's stop_before_pixels stops
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_MAX_KEPT = 64 << 10  # a value longer than this stays on disk; asking for it raises
+_MAX_ELEMENTS = 100_000  # per file, nested ones included; past it, pydicom reads the file
+_TAG = struct.Struct("<HH")
+_SHORT = struct.Struct("<HH2sH")
+_LONG = struct.Struct("<I")
+
+
+class _TooLarge:
+    """A value longer than ``_MAX_KEPT``, left on disk."""
+
+
+class _Unsupported(Exception):
+    """This file is for pydicom to read."""
+
+
+class Header:
+    """The data set of one file, up to its pixel data, as the scan and the decoder read it:
+    ``get(keyword, default)``, ``keyword in header``, ``header.Keyword`` and ``file_meta``,
+    with pydicom's value types (str, int, float, or a list of them where a value is multiple),
+but a UID is a plain str: pydicom's UID class logs an invalid value, and no value may reach a log.
+    A sequence reads as a list of its items, each a :class:`Header`.
+
+    Immutable after construction, and safe to share between threads."""
+
+    __slots__ = ("_raw", "_cache", "file_meta")
+
+    def __init__(self, raw: dict[int, tuple[str, object]], file_meta: "Header | None" = None):
+        self._raw = raw
+        self._cache: dict[int, object] = {}
+        self.file_meta = file_meta
+
+    def get(self, keyword: str, default=None):
+        tag = _tag(keyword)
+        if tag not in self._raw:
+            return default
+        if tag not in self._cache:
+            self._cache[tag] = _convert(*self._raw[tag])
+        return self._cache[tag]
+
+    def __contains__(self, keyword: str) -> bool:
+        return _tag(keyword) in self._raw
+
+    def __getattr__(self, keyword: str):
+        if keyword.startswith("_") or keyword not in self:
+            raise AttributeError(keyword)
+        return self.get(keyword)
+
+
+_TAGS: dict[str, int] = {}
+
+
+def _tag(keyword: str) -> int:
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise KeyError(f"{keyword} is not a DICOM keyword")
+        _TAGS[keyword] = tag
+    return tag
+
+
+def _convert(vr: str, value):
+    """A kept value as pydicom gives it; raises ValueError for a number that is not one."""
+    if isinstance(value, _TooLarge):
+        raise ValueError("value too large to keep")
+    if vr == "SQ":
+        return value
+    if vr in _BINARY:
+        code = _BINARY[vr]
+        count = len(value) // struct.calcsize(code)
+        if count == 0:
+            return None
+        numbers = struct.unpack(f"<{count}{code}", value[:count * struct.calcsize(code)])
+        return numbers[0] if count == 1 else list(numbers)
+    if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "AT"):
+        return value
+    text = value.decode("latin-1")
+    if vr == "UI":
+        text = text.rstrip("\0 ")
+    elif vr in _TEXT_ONE_VALUE:
+        return text.rstrip(" \0")
+    else:
+        text = text.rstrip(" \0")
+    parts = text.split("\\")
+    if vr in ("DS", "IS"):
+        if not text.strip():
+            return None
+        numbers = [_number(p, vr) for p in parts]
+        return numbers[0] if len(numbers) == 1 else numbers
+    parts = [p.strip() if vr in ("CS", "DA", "TM", "DT", "AS") else p for p in parts]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _number(text: str, vr: str):
+    text = text.strip()
+    number = float(text)  # raises ValueError on anything that is not a number
+    if vr == "IS":
+        if number != int(number):
+            raise ValueError("IS value is not a whole number")
+        return int(number)
+    return number
+
+
+def read_fast(path: Path, max_depth: int, name: str) -> tuple[Header, int] | None:
+    """``(header, offset of the pixel element)``, or None where pydicom must read the file.
+
+    Raises :class:`CorruptFileError`, naming the file as ``name``, only for sequences nested
+    past ``max_depth``."""
+    with open(path, "rb") as fp:
+        try:
+            buf = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # an empty file, or one that cannot be mapped
+            return None
+    with buf:
+        try:
+            return _parse(buf, max_depth, name)
+        except (_Unsupported, struct.error, IndexError, UnicodeDecodeError):
+            return None
+
+
+def _parse(buf, max_depth: int, name: str) -> tuple[Header, int]:
+    size = len(buf)
+    if size < 144 or buf[128:132] != b"DICM":
+        raise _Unsupported
+    meta: dict[int, tuple[str, object]] = {}
+    pos = _elements(buf, 132, size, meta, depth=0, max_depth=max_depth, name=name, group=2, counter=[0])
+    ts = meta.get(0x00020010)
+    if ts is None or not isinstance(ts[1], bytes):
+        raise _Unsupported
+    syntax = ts[1].decode("ascii", "replace").rstrip("\0 ")
+    if syntax in _NOT_EXPLICIT_LE or not syntax.startswith("1.2."):
+        raise _Unsupported
+    raw: dict[int, tuple[str, object]] = {}
+    offset = _elements(buf, pos, size, raw, depth=0, max_depth=max_depth, name=name, group=None, counter=[0])
+    return Header(raw, Header(meta)), offset
+
+
+def _elements(buf, pos: int, end: int | None, out: dict, *, depth: int, max_depth: int, name: str,
+              group: int | None, counter: list[int]) -> int:
+    """Walk elements from ``pos`` to ``end`` (or an item delimiter, when ``end`` is None).
+
+    ``group``: stop at the first element of another group (the meta group); at the top level
+    (``depth`` 0, ``group`` None) stop at the pixel data. Returns where the walk stopped."""
+    limit = len(buf) if end is None else end
+    while pos < limit:
+        counter[0] += 1
+        if counter[0] > _MAX_ELEMENTS:
+            raise _Unsupported
+        g, e = _TAG.unpack_from(buf, pos)
+        tag = g << 16 | e
+        if group is not None and g != group:
+            return pos
+        if depth == 0 and group is None and tag in _PIXEL_TAGS:
+            return pos
+        if tag == _ITEM_END:
+            if end is not None:
+                raise _Unsupported
+            return pos + 8
+        if g == 0xFFFE:
+            raise _Unsupported  # an item or delimiter where an element belongs
+        vr = bytes(buf[pos + 4:pos + 6])
+        if vr not in _VRS:
+            raise _Unsupported
+        if vr in _LONG_VRS:
+            length = _LONG.unpack_from(buf, pos + 8)[0]
+            pos += 12
+        else:
+            length = _SHORT.unpack_from(buf, pos)[3]
+            pos += 8
+        if vr == b"SQ":
+            if depth + 1 > max_depth:
+                raise CorruptFileError(f"sequences nested deeper than {max_depth}", path=name)
+            pos, items = _sequence(buf, pos, length, depth=depth + 1, max_depth=max_depth, name=name, counter=counter)
+            out[tag] = ("SQ", items)
+            continue
+        if length == _UNDEFINED:
+            raise _Unsupported  # an encapsulated value or an implicit sequence before the pixel data
+        if pos + length > limit:
+            raise _Unsupported
+        name_vr = vr.decode() if vr != b"UN" else _known_vr(tag)
+        out[tag] = (name_vr, buf[pos:pos + length] if length <= _MAX_KEPT else _TooLarge())
+        pos += length
+    if end is None or pos != end:
+        raise _Unsupported  # ran off the file, or past the end of the enclosing item
+    return pos
+
+
+_DICTIONARY_VR: dict[int, str] = {}
+
+
+def _known_vr(tag: int) -> str:
+    """The VR a public element written as UN has in the dictionary, as pydicom reads it
+    (``replace_un_with_known_vr``); UN for a private or unknown one. An implicit-VR sequence
+    inside UN is pydicom's to read."""
+    vr = _DICTIONARY_VR.get(tag)
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag) if tag >> 16 & 1 == 0 else "UN"
+        except KeyError:
+            vr = "UN"
+        vr = vr.split(" or ")[0] if vr not in ("US or SS or OW", "US or OW") else "US"
+        _DICTIONARY_VR[tag] = vr
+    if vr == "SQ":
+        raise _Unsupported
+    return vr
+
+
+def _sequence(buf, pos: int, length: int, *, depth: int, max_depth: int, name: str,
+              counter: list[int]) -> tuple[int, list[Header]]:
+    """Walk a sequence's items; returns where it ends, and its items."""
+    end = None if length == _UNDEFINED else pos + length
+    if end is not None and end > len(buf):
+        raise _Unsupported
+    items: list[Header] = []
+    while end is None or pos < end:
+        tag = _LONG.unpack_from(buf, pos)[0]
+        tag = (tag & 0xFFFF) << 16 | tag >> 16
+        item_length = _LONG.unpack_from(buf, pos + 4)[0]
+        pos += 8
+        if tag == _SEQ_END and end is None:
+            return pos, items
+        if tag != _ITEM:
+            raise _Unsupported
+        item_end = None if item_length == _UNDEFINED else pos + item_length
+        raw: dict[int, tuple[str, object]] = {}
+        items.append(Header(raw))
+        pos = _elements(buf, pos, item_end, raw, depth=depth, max_depth=max_depth, name=name, group=None,
+                        counter=counter)
+    if pos != end:
+        raise _Unsupported
+    return pos, items
