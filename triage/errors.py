@@ -17,6 +17,8 @@ from __future__ import annotations
 def printable(text: str) -> str:
     """``text`` fit for one line of a log or an event: control characters escaped (a sender's
     file name may hold a newline or a terminal escape)."""
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 

@@ -151,9 +151,9 @@ def _frame_geometry(ds: Dataset, file: int, rel: str, n_frames: int) -> list[_Fr
 
 
 def _orthonormal(iop: np.ndarray) -> bool:
-    row, col = iop[:3], iop[3:]
-    return (abs(np.linalg.norm(row) - 1) < 0.01 and abs(np.linalg.norm(col) - 1) < 0.01
-            and abs(float(row @ col)) < 0.01)
+    r0, r1, r2, c0, c1, c2 = (float(v) for v in iop)  # per slice: plain floats beat numpy on six values
+    return (abs(math.sqrt(r0 * r0 + r1 * r1 + r2 * r2) - 1) < 0.01 and abs(math.sqrt(c0 * c0 + c1 * c1 + c2 * c2) - 1)
+            < 0.01 and abs(r0 * c0 + r1 * c1 + r2 * c2) < 0.01)
 
 
 def _sort_frames(frames: list[_Frame], files: list[str],
@@ -471,5 +471,9 @@ def _read_native(path, ds: Dataset, offset: int | None) -> np.ndarray | None:
     stored = _int(ds, "BitsStored", bits) or bits
     if stored < bits:  # drop bits above BitsStored, sign-extending signed values
         shift = bits - stored
-        arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
+        if signed:
+            np.left_shift(arr, shift, out=arr)
+            np.right_shift(arr, shift, out=arr)
+        else:
+            np.bitwise_and(arr, (1 << stored) - 1, out=arr)
     return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))

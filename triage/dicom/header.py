@@ -30,13 +30,13 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _VRS = _LONG_VRS | frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
                               b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 _TEXT_ONE_VALUE = frozenset({"LT", "ST", "UT", "UR"})  # never split at backslashes
-_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_BINARY = {vr: (code, struct.calcsize(code)) for vr, code in
+           {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}.items()}
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # where pydicom's stop_before_pixels stops
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _MAX_KEPT = 64 << 10  # a value longer than this stays on disk; asking for it raises
 _MAX_ELEMENTS = 100_000  # per file, nested ones included; past it, pydicom reads the file
-_TAG = struct.Struct("<HH")
 _SHORT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<I")
 
@@ -56,7 +56,8 @@ class Header:
 but a UID is a plain str: pydicom's UID class logs an invalid value, and no value may reach a log.
     A sequence reads as a list of its items, each a :class:`Header`.
 
-    Immutable after construction, and safe to share between threads."""
+    A value is converted when first asked for and kept; two threads asking at once at worst
+    convert it twice (each dict operation is atomic under the GIL), so a header may be shared."""
 
     __slots__ = ("_raw", "_cache", "file_meta")
 
@@ -66,12 +67,14 @@ but a UID is a plain str: pydicom's UID class logs an invalid value, and no valu
         self.file_meta = file_meta
 
     def get(self, keyword: str, default=None):
-        tag = _tag(keyword)
-        if tag not in self._raw:
+        tag = _TAGS.get(keyword) or _tag(keyword)
+        if tag in self._cache:
+            return self._cache[tag]
+        raw = self._raw.get(tag)
+        if raw is None:
             return default
-        if tag not in self._cache:
-            self._cache[tag] = _convert(*self._raw[tag])
-        return self._cache[tag]
+        value = self._cache[tag] = _convert(*raw)
+        return value
 
     def __contains__(self, keyword: str) -> bool:
         return _tag(keyword) in self._raw
@@ -102,11 +105,11 @@ def _convert(vr: str, value):
     if vr == "SQ":
         return value
     if vr in _BINARY:
-        code = _BINARY[vr]
-        count = len(value) // struct.calcsize(code)
+        code, size = _BINARY[vr]
+        count = len(value) // size
         if count == 0:
             return None
-        numbers = struct.unpack(f"<{count}{code}", value[:count * struct.calcsize(code)])
+        numbers = struct.unpack(f"<{count}{code}", value[:count * size])
         return numbers[0] if count == 1 else list(numbers)
     if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "AT"):
         return value
@@ -178,15 +181,17 @@ def _elements(buf, pos: int, end: int | None, out: dict, *, depth: int, max_dept
     ``group``: stop at the first element of another group (the meta group); at the top level
     (``depth`` 0, ``group`` None) stop at the pixel data. Returns where the walk stopped."""
     limit = len(buf) if end is None else end
+    at_top = depth == 0 and group is None
+    head, long_length = _SHORT.unpack_from, _LONG.unpack_from
     while pos < limit:
         counter[0] += 1
         if counter[0] > _MAX_ELEMENTS:
             raise _Unsupported
-        g, e = _TAG.unpack_from(buf, pos)
+        g, e, vr, length = head(buf, pos)
         tag = g << 16 | e
         if group is not None and g != group:
             return pos
-        if depth == 0 and group is None and tag in _PIXEL_TAGS:
+        if at_top and tag in _PIXEL_TAGS:
             return pos
         if tag == _ITEM_END:
             if end is not None:
@@ -194,15 +199,13 @@ def _elements(buf, pos: int, end: int | None, out: dict, *, depth: int, max_dept
             return pos + 8
         if g == 0xFFFE:
             raise _Unsupported  # an item or delimiter where an element belongs
-        vr = bytes(buf[pos + 4:pos + 6])
-        if vr not in _VRS:
-            raise _Unsupported
         if vr in _LONG_VRS:
-            length = _LONG.unpack_from(buf, pos + 8)[0]
+            length = long_length(buf, pos + 8)[0]
             pos += 12
-        else:
-            length = _SHORT.unpack_from(buf, pos)[3]
+        elif vr in _VRS:
             pos += 8
+        else:
+            raise _Unsupported
         if vr == b"SQ":
             if depth + 1 > max_depth:
                 raise CorruptFileError(f"sequences nested deeper than {max_depth}", path=name)
