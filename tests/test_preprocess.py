@@ -236,3 +236,20 @@ def test_a_key_slice_maps_back_through_the_box():
     # the model's middle slice is the head's centre of mass; its first lies 78 mm (62 slices) lower
     assert to_source_slice(20, 40, vol.shape[0], HEAD, centre[0], spacing[0]) == round(centre[0] + 0.5 * 4 / 1.25)
     assert to_source_slice(0, 40, vol.shape[0], HEAD, centre[0], spacing[0]) == max(0, round(centre[0] - 19.5 * 3.2))
+
+
+@pytest.mark.parametrize("spec", [
+    InputSpec(shape=(8, 32, 32), window=(0, 80)),
+    InputSpec(shape=(8, 32, 32), window=(-1000, 1000), antialias=True),
+    InputSpec(shape=(6, 20, 20), window=(0, 80), antialias=True, spacing_mm=(5.0, 4.0, 4.0),
+              field_mm=(30.0, 80.0, 80.0)),
+])
+def test_an_int16_volume_gives_the_tensor_its_float_twin_gives(spec):
+    """decode keeps whole Hounsfield units in int16: the models must see the very same input."""
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-1024, 3000, (40, 64, 64)).astype(np.int16)
+    sequential = np.concatenate([np.arange(20) * 2.5, 50 + np.arange(20) * 5.0])  # spacing that changes
+    for cache, z in ((None, None), ({}, None), ({}, sequential)):
+        a = preprocess(hu, (1.25, 0.9, 0.9), spec, z, cache=cache)
+        b = preprocess(hu.astype(np.float32), (1.25, 0.9, 0.9), spec, z, cache=None if cache is None else {})
+        assert a.dtype == np.float32 and np.array_equal(a, b)

@@ -325,3 +325,29 @@ def test_every_decode_error_is_one_family():
     for cls in (CorruptFileError, EmptyStudyError, MissingGeometryError, MixedOrientationError,
                 UnevenSpacingError, VolumeTooLargeError):
         assert issubclass(cls, DecodeError) and cls.retriable is False
+
+
+def _twelve_bit(slope: float = 1.0, intercept: float = -1024.0):
+    """12-bit unsigned CT, as most scanners store it; high bits hold an overlay to be dropped."""
+    def mutate(i, ds):
+        stored = (np.arange(ds.Rows * ds.Columns, dtype=np.uint16).reshape(ds.Rows, ds.Columns) * 7 + i) % 4096
+        stored[0, :4] |= 0xF000  # bits above BitsStored
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = stored.tobytes()
+    return mutate
+
+
+@pytest.mark.parametrize("slope,intercept,dtype", [(1.0, -1024.0, np.int16), (0.5, -1024.0, np.float32),
+                                                   (1.0, -1024.5, np.float32)])
+def test_whole_hounsfield_units_decode_to_int16_and_the_rest_to_float_with_the_same_values(
+        tmp_path, slope, intercept, dtype):
+    write_series(tmp_path / "s", 3, mutate=_twelve_bit(slope, intercept))
+    (series,) = scan_study(tmp_path / "s")
+    vol = decode_series(series)
+    assert vol.array.dtype == dtype
+    for z, path in enumerate(sorted((tmp_path / "s").iterdir(), key=lambda p: -pydicom.dcmread(p).InstanceNumber)):
+        ds = pydicom.dcmread(path)
+        expected = apply_modality_lut(ds.pixel_array & 0x0FFF, ds).astype(np.float32)
+        assert np.array_equal(vol.array[z], expected)
+    assert vol.array.min() >= intercept and vol.array.max() <= 4095 * slope + intercept  # the overlay bits dropped

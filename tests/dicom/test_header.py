@@ -129,3 +129,14 @@ def test_sequences_nested_past_the_budget_are_refused_naming_the_file(tmp_path):
     assert len(header.get("ReferencedSeriesSequence")) == 1
     with pytest.raises(CorruptFileError, match=r"^deep\.dcm: sequences nested deeper than 4"):
         read_fast(tmp_path / "deep.dcm", 4, "deep.dcm")
+
+
+def test_a_header_longer_than_the_first_read_is_read_whole(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.add_new(0x00291010, "OB", b"\x01" * (200 << 10))  # a private element past the first read
+    ds.add_new(0x00291011, "OB", b"\x02" * (30 << 10))
+    ds.save_as(tmp_path / "long.dcm")
+    header, offset = read_fast(tmp_path / "long.dcm", 16, "x")
+    _, expected_offset = _with_pydicom(str(tmp_path / "long.dcm"))
+    assert offset == expected_offset > 200 << 10
+    assert header.get("Rows") == ds.Rows and header.get("RescaleIntercept") == float(ds.RescaleIntercept)

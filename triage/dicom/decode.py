@@ -36,6 +36,8 @@ DISPLAY_MAX = 4095.0
 class Volume:
     """One series as a 3-D array indexed ``[z, y, x]`` (slices sorted along the normal).
 
+    ``array`` is float32, or int16 where every value is a whole number that fits (most CT:
+    the same Hounsfield units in half the memory); read it as numbers, never by its dtype.
     ``spacing_zyx`` is in mm in array order. ``origin`` is the LPS position (mm) of voxel
     ``[0, 0, 0]``. ``direction`` is a 3×3 matrix whose columns are the patient-space
     directions of the x (column), y (row) and z (slice) axes, as in ITK.
@@ -277,7 +279,7 @@ def _to_gray(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 
 def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
                   threads: int = 2) -> Volume:
-    """Decode ``series`` into a float32 :class:`Volume`: Hounsfield units for CT; for a
+    """Decode ``series`` into a :class:`Volume`: Hounsfield units for CT; for a
     projection radiograph, its declared range read onto 0..``DISPLAY_MAX`` (bright = dense).
 
     Raises a :class:`~triage.errors.DecodeError` subclass naming the file and the reason.
@@ -306,7 +308,9 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
     planar = n == 1 and series.modality.upper() in PLANAR
     spacing_yx = (1.0, 1.0) if planar and frames[0].spacing_yx is None else _pixel_spacing(frames, files)
     z_positions = _z_positions(frames, direction)
-    out = np.empty((n, series.rows, series.columns), dtype=np.float32)
+    compressed = any(NATIVE_SYNTAXES.get(_syntax(ds), (None, "big"))[1] != "little" for ds in series.headers)
+    whole = not planar and not compressed and _whole_units(series.headers, frames)
+    out = np.empty((n, series.rows, series.columns), dtype=np.int16 if whole else np.float32)
     slots: dict[int, list[tuple[int, _Frame]]] = {}
     for z, f in enumerate(frames):
         slots.setdefault(f.file, []).append((z, f))
@@ -317,6 +321,7 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
         offset = series.pixel_offsets[i] if i < len(series.pixel_offsets) else None
         try:
             arr = _read_native(series.root / series.files[i], ds, offset)
+            native = arr is not None  # masked to BitsStored: within the range _whole_units counted on
             if arr is None:
                 with quiet_pydicom():
                     ds = pydicom.dcmread(series.root / series.files[i])
@@ -347,6 +352,9 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
             if planar:  # one scale for every film: 12-, 14-, 15- and 16-bit read alike
                 scale = DISPLAY_MAX / (hi - lo)
                 slope, intercept = slope * scale, (intercept - lo) * scale
+            if whole and not native and (arr.dtype.kind not in "ui" or not -32768 <= int(arr[f.index].min())
+                                         + intercept and int(arr[f.index].max()) + intercept <= 32767):
+                raise CorruptFileError("pixel values beyond what BitsStored declares", path=rel)
             _rescale(arr[f.index], slope, intercept, plane)
             # integers times a slope and plus an intercept within the bounds checked on the
             # header cannot leave float32's range; floating-point pixel data can hold anything
@@ -356,7 +364,6 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
 
     # Native pixels are a read and one pass of arithmetic, which threads did not speed up
     # (measured: 60 x 256² slower, 300 x 512² within noise); codecs release the GIL and do.
-    compressed = any(NATIVE_SYNTAXES.get(_syntax(ds), (None, "big"))[1] != "little" for ds in series.headers)
     if threads > 1 and len(slots) > 1 and compressed:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for fut in [pool.submit(decode_file, i) for i in slots]:
@@ -372,8 +379,35 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
                   spacing_known=not (planar and frames[0].spacing_yx is None))
 
 
+def _whole_units(headers: list[Dataset], frames: list[_Frame]) -> bool:
+    """Whether every value of the series is a whole number within int16 once rescaled: a
+    slope of 1, whole intercepts, and what BitsStored can hold within range. Most CT is (12
+    bits, intercept -1024); it is then decoded to int16, the same numbers in half the memory."""
+    if any(f.slope != 1.0 or f.intercept != int(f.intercept) for f in frames):
+        return False
+    lowest, highest = min(f.intercept for f in frames), max(f.intercept for f in frames)
+    if lowest < -32768 or highest > 32767:
+        return False
+    for ds in headers:
+        bits = _int(ds, "BitsAllocated", 0)
+        stored = _int(ds, "BitsStored", bits) or bits
+        signed = _int(ds, "PixelRepresentation", 0) == 1
+        if bits not in (8, 16) or _int(ds, "SamplesPerPixel", 1) != 1 or not 0 < stored <= bits:
+            return False
+        lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+        if lo + lowest < -32768 or hi + highest > 32767:
+            return False
+    return True
+
+
 def _rescale(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
-    """``out = stored * slope + intercept`` in float32, in as few passes as the values allow."""
+    """``out = stored * slope + intercept``, in as few passes as the values allow: float32, or
+    int16 where :func:`_whole_units` holds (the sum is then exact and in range)."""
+    if out.dtype == np.int16:
+        if stored.dtype == np.uint16:  # int16 arithmetic wraps, and the true sum is in range: exact
+            stored = stored.view(np.int16)
+        np.add(stored, np.int16(intercept), out=out, casting="unsafe")
+        return
     if slope == 1.0:
         np.add(stored, np.float32(intercept), out=out, casting="unsafe")
         return

@@ -15,16 +15,22 @@ issue named.
 """
 from __future__ import annotations
 
-import mmap
+import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from triage.errors import CorruptFileError
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_NOT_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})
+# explicit VR little endian, and the encapsulated syntaxes (JPEG family, JPEG 2000, HTJ2K, RLE),
+# whose data sets are explicit VR little endian too; anything else (implicit, big endian,
+# deflate, a private syntax) is pydicom's to read
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_ENCAPSULATED = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
+_FIRST_READ = 16 << 10  # most headers fit; a longer one is read again, larger
+_MAX_HEADER = 8 << 20  # past this, pydicom reads it (with its large values left on disk)
 # VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _VRS = _LONG_VRS | frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
@@ -49,11 +55,16 @@ class _Unsupported(Exception):
     """This file is for pydicom to read."""
 
 
+class _NeedMore(Exception):
+    """The header runs past what was read of the file."""
+
+
 class Header:
     """The data set of one file, up to its pixel data, as the scan and the decoder read it:
     ``get(keyword, default)``, ``keyword in header``, ``header.Keyword`` and ``file_meta``,
     with pydicom's value types (str, int, float, or a list of them where a value is multiple),
-but a UID is a plain str: pydicom's UID class logs an invalid value, and no value may reach a log.
+    but a UID is a plain str: pydicom's UID class logs an invalid value, and no value may reach
+    a log.
     A sequence reads as a list of its items, each a :class:`Header`.
 
     A value is converted when first asked for and kept; two threads asking at once at worst
@@ -145,42 +156,53 @@ def read_fast(path: Path, max_depth: int, name: str) -> tuple[Header, int] | Non
 
     Raises :class:`CorruptFileError`, naming the file as ``name``, only for sequences nested
     past ``max_depth``."""
+    # read, never mapped: a file cut short by another process while mapped would kill this one
     with open(path, "rb") as fp:
-        try:
-            buf = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
-        except (ValueError, OSError):  # an empty file, or one that cannot be mapped
-            return None
-    with buf:
-        try:
-            return _parse(buf, max_depth, name)
-        except (_Unsupported, struct.error, IndexError, UnicodeDecodeError):
-            return None
+        size = os.fstat(fp.fileno()).st_size
+        want = _FIRST_READ
+        while True:
+            fp.seek(0)
+            src = _Source(fp.read(min(want, size)), size)
+            try:
+                return _parse(src, max_depth, name)
+            except (_NeedMore, struct.error):  # struct: a header read past the end of what was read
+                if len(src.data) >= size or want >= _MAX_HEADER:
+                    return None
+                want *= 8
+            except (_Unsupported, IndexError, UnicodeDecodeError):
+                return None
 
 
-def _parse(buf, max_depth: int, name: str) -> tuple[Header, int]:
-    size = len(buf)
-    if size < 144 or buf[128:132] != b"DICM":
+@dataclass(frozen=True)
+class _Source:
+    data: bytes  # the file's first bytes
+    size: int  # the whole file's
+
+
+def _parse(src: _Source, max_depth: int, name: str) -> tuple[Header, int]:
+    if src.size < 144 or src.data[128:132] != b"DICM":
         raise _Unsupported
     meta: dict[int, tuple[str, object]] = {}
-    pos = _elements(buf, 132, size, meta, depth=0, max_depth=max_depth, name=name, group=2, counter=[0])
+    pos = _elements(src, 132, src.size, meta, depth=0, max_depth=max_depth, name=name, group=2, counter=[0])
     ts = meta.get(0x00020010)
     if ts is None or not isinstance(ts[1], bytes):
         raise _Unsupported
     syntax = ts[1].decode("ascii", "replace").rstrip("\0 ")
-    if syntax in _NOT_EXPLICIT_LE or not syntax.startswith("1.2."):
+    if syntax != _EXPLICIT_LE and not syntax.startswith(_ENCAPSULATED):
         raise _Unsupported
     raw: dict[int, tuple[str, object]] = {}
-    offset = _elements(buf, pos, size, raw, depth=0, max_depth=max_depth, name=name, group=None, counter=[0])
+    offset = _elements(src, pos, src.size, raw, depth=0, max_depth=max_depth, name=name, group=None, counter=[0])
     return Header(raw, Header(meta)), offset
 
 
-def _elements(buf, pos: int, end: int | None, out: dict, *, depth: int, max_depth: int, name: str,
+def _elements(src: _Source, pos: int, end: int | None, out: dict, *, depth: int, max_depth: int, name: str,
               group: int | None, counter: list[int]) -> int:
     """Walk elements from ``pos`` to ``end`` (or an item delimiter, when ``end`` is None).
 
     ``group``: stop at the first element of another group (the meta group); at the top level
     (``depth`` 0, ``group`` None) stop at the pixel data. Returns where the walk stopped."""
-    limit = len(buf) if end is None else end
+    buf = src.data
+    limit = src.size if end is None else end
     at_top = depth == 0 and group is None
     head, long_length = _SHORT.unpack_from, _LONG.unpack_from
     while pos < limit:
@@ -209,16 +231,20 @@ def _elements(buf, pos: int, end: int | None, out: dict, *, depth: int, max_dept
         if vr == b"SQ":
             if depth + 1 > max_depth:
                 raise CorruptFileError(f"sequences nested deeper than {max_depth}", path=name)
-            pos, items = _sequence(buf, pos, length, depth=depth + 1, max_depth=max_depth, name=name, counter=counter)
+            pos, items = _sequence(src, pos, length, depth=depth + 1, max_depth=max_depth, name=name, counter=counter)
             out[tag] = ("SQ", items)
             continue
         if length == _UNDEFINED:
             raise _Unsupported  # an encapsulated value or an implicit sequence before the pixel data
         if pos + length > limit:
             raise _Unsupported
+        if length <= _MAX_KEPT and pos + length > len(buf):
+            raise _NeedMore
         name_vr = vr.decode() if vr != b"UN" else _known_vr(tag)
         out[tag] = (name_vr, buf[pos:pos + length] if length <= _MAX_KEPT else _TooLarge())
         pos += length
+        if pos > _MAX_HEADER:
+            raise _Unsupported  # a header this long is pydicom's, which leaves large values on disk
     if end is None or pos != end:
         raise _Unsupported  # ran off the file, or past the end of the enclosing item
     return pos
@@ -244,11 +270,12 @@ def _known_vr(tag: int) -> str:
     return vr
 
 
-def _sequence(buf, pos: int, length: int, *, depth: int, max_depth: int, name: str,
+def _sequence(src: _Source, pos: int, length: int, *, depth: int, max_depth: int, name: str,
               counter: list[int]) -> tuple[int, list[Header]]:
     """Walk a sequence's items; returns where it ends, and its items."""
+    buf = src.data
     end = None if length == _UNDEFINED else pos + length
-    if end is not None and end > len(buf):
+    if end is not None and end > src.size:
         raise _Unsupported
     items: list[Header] = []
     while end is None or pos < end:
@@ -263,7 +290,7 @@ def _sequence(buf, pos: int, length: int, *, depth: int, max_depth: int, name: s
         item_end = None if item_length == _UNDEFINED else pos + item_length
         raw: dict[int, tuple[str, object]] = {}
         items.append(Header(raw))
-        pos = _elements(buf, pos, item_end, raw, depth=depth, max_depth=max_depth, name=name, group=None,
+        pos = _elements(src, pos, item_end, raw, depth=depth, max_depth=max_depth, name=name, group=None,
                         counter=counter)
     if pos != end:
         raise _Unsupported
