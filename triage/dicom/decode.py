@@ -8,6 +8,7 @@ codec :mod:`triage.dicom.codecs` picks, which releases the GIL where one can.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -493,15 +494,17 @@ def _read_native(path, ds: Dataset, offset: int | None) -> np.ndarray | None:
     frames, rows, cols = _int(ds, "NumberOfFrames", 1), _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     count = frames * rows * cols
     nbytes = count * bits // 8
-    with open(path, "rb") as f:
-        f.seek(offset)
-        head = f.read(head_len)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        head = os.pread(fd, head_len, offset)
         length = int.from_bytes(head[-4:], "little")
-        if head[:4] != _PIXEL_TAG or length not in (nbytes, nbytes + (nbytes & 1)):
+        if len(head) != head_len or head[:4] != _PIXEL_TAG or length not in (nbytes, nbytes + (nbytes & 1)):
             return None
-        arr = np.fromfile(f, dtype=("<i" if signed else "<u") + str(bits // 8), count=count)
-    if arr.size != count:
-        return None
+        arr = np.empty(count, dtype=("<i" if signed else "<u") + str(bits // 8))
+        if os.preadv(fd, [arr], offset + head_len) != nbytes:  # straight into the array, unbuffered
+            return None
+    finally:
+        os.close(fd)
     stored = _int(ds, "BitsStored", bits) or bits
     if stored < bits:  # drop bits above BitsStored, sign-extending signed values
         shift = bits - stored

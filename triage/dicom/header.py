@@ -16,6 +16,7 @@ issue named.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ _MAX_HEADER = 8 << 20  # past this, pydicom reads it (with its large values left
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _VRS = _LONG_VRS | frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
                               b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+_VR_NAMES = {vr: vr.decode() for vr in _VRS}
 _TEXT_ONE_VALUE = frozenset({"LT", "ST", "UT", "UR"})  # never split at backslashes
 _BINARY = {vr: (code, struct.calcsize(code)) for vr, code in
            {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}.items()}
@@ -156,13 +158,17 @@ def read_fast(path: Path, max_depth: int, name: str) -> tuple[Header, int] | Non
 
     Raises :class:`CorruptFileError`, naming the file as ``name``, only for sequences nested
     past ``max_depth``."""
-    # read, never mapped: a file cut short by another process while mapped would kill this one
-    with open(path, "rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
+    # read, never mapped: a file cut short by another process while mapped would kill this
+    # one; and unbuffered, which halves the cost of opening 300 files
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put in a file's place must not block
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        size = info.st_size
         want = _FIRST_READ
         while True:
-            fp.seek(0)
-            src = _Source(fp.read(min(want, size)), size)
+            src = _Source(os.pread(fd, min(want, size), 0), size)
             try:
                 return _parse(src, max_depth, name)
             except (_NeedMore, struct.error):  # struct: a header read past the end of what was read
@@ -171,6 +177,8 @@ def read_fast(path: Path, max_depth: int, name: str) -> tuple[Header, int] | Non
                 want *= 8
             except (_Unsupported, IndexError, UnicodeDecodeError):
                 return None
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -204,12 +212,12 @@ def _elements(src: _Source, pos: int, end: int | None, out: dict, *, depth: int,
     buf = src.data
     limit = src.size if end is None else end
     at_top = depth == 0 and group is None
-    head, long_length = _SHORT.unpack_from, _LONG.unpack_from
+    head, long_length, vr_names = _SHORT.unpack_from, _LONG.unpack_from, _VR_NAMES
     while pos < limit:
         counter[0] += 1
         if counter[0] > _MAX_ELEMENTS:
             raise _Unsupported
-        g, e, vr, length = head(buf, pos)
+        g, e, raw_vr, length = head(buf, pos)
         tag = g << 16 | e
         if group is not None and g != group:
             return pos
@@ -221,14 +229,15 @@ def _elements(src: _Source, pos: int, end: int | None, out: dict, *, depth: int,
             return pos + 8
         if g == 0xFFFE:
             raise _Unsupported  # an item or delimiter where an element belongs
-        if vr in _LONG_VRS:
+        vr = vr_names.get(raw_vr)
+        if vr is None:
+            raise _Unsupported
+        if raw_vr in _LONG_VRS:
             length = long_length(buf, pos + 8)[0]
             pos += 12
-        elif vr in _VRS:
-            pos += 8
         else:
-            raise _Unsupported
-        if vr == b"SQ":
+            pos += 8
+        if vr == "SQ":
             if depth + 1 > max_depth:
                 raise CorruptFileError(f"sequences nested deeper than {max_depth}", path=name)
             pos, items = _sequence(src, pos, length, depth=depth + 1, max_depth=max_depth, name=name, counter=counter)
@@ -240,8 +249,7 @@ def _elements(src: _Source, pos: int, end: int | None, out: dict, *, depth: int,
             raise _Unsupported
         if length <= _MAX_KEPT and pos + length > len(buf):
             raise _NeedMore
-        name_vr = vr.decode() if vr != b"UN" else _known_vr(tag)
-        out[tag] = (name_vr, buf[pos:pos + length] if length <= _MAX_KEPT else _TooLarge())
+        out[tag] = (vr if vr != "UN" else _known_vr(tag), buf[pos:pos + length] if length <= _MAX_KEPT else _TooLarge())
         pos += length
         if pos > _MAX_HEADER:
             raise _Unsupported  # a header this long is pydicom's, which leaves large values on disk

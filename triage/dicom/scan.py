@@ -357,9 +357,11 @@ def _pixel_length(path: Path, offset: int, size: int, explicit: bool, order: str
     """The length the pixel element declares, read from its own element header (8 or 12 bytes)."""
     if offset + 8 > size:
         return None
-    with open(path, "rb") as f:
-        f.seek(offset)
-        head = f.read(12)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        head = os.pread(fd, 12, offset)
+    finally:
+        os.close(fd)
     if head[:4] != (b"\xe0\x7f\x10\x00" if order == "little" else b"\x7f\xe0\x00\x10"):
         return None
     if explicit:
