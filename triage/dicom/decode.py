@@ -321,7 +321,10 @@ def decode_series(series: SeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS,
         ds = series.headers[i]
         offset = series.pixel_offsets[i] if i < len(series.pixel_offsets) else None
         try:
-            arr = _read_native(series.root / series.files[i], ds, offset)
+            # a single frame of whole units is read into its own plane of the output, and
+            # rescaled there in place (int16 arithmetic on the stored bits is exact, see _rescale)
+            into = out[slots[i][0][0]] if whole and counts[i] == 1 else None
+            arr = _read_native(series.root / series.files[i], ds, offset, into)
             native = arr is not None  # masked to BitsStored: within the range _whole_units counted on
             if arr is None:
                 with quiet_pydicom():
@@ -481,11 +484,13 @@ def _syntax(ds) -> str:
     return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
 
 
-def _read_native(path, ds: Dataset, offset: int | None) -> np.ndarray | None:
+def _read_native(path, ds: Dataset, offset: int | None, into: np.ndarray | None = None) -> np.ndarray | None:
     """Read uncompressed little-endian grey pixels straight from the file, or None.
 
     ``offset`` is where the header parse stopped, at the pixel element; its tag and length
-    are checked against the layout the header declares. Anything else goes to pydicom."""
+    are checked against the layout the header declares. Anything else goes to pydicom.
+    ``into``: an int16 plane to read 16-bit pixels into (returned as a view of it), saving a
+    buffer and a copy."""
     explicit, order = NATIVE_SYNTAXES.get(_syntax(ds), (None, None))
     head_len = None if order != "little" else (12 if explicit else 8)  # the pixel element's own header
     bits, signed = _int(ds, "BitsAllocated", 0), _int(ds, "PixelRepresentation", 0)
@@ -500,7 +505,11 @@ def _read_native(path, ds: Dataset, offset: int | None) -> np.ndarray | None:
         length = int.from_bytes(head[-4:], "little")
         if len(head) != head_len or head[:4] != _PIXEL_TAG or length not in (nbytes, nbytes + (nbytes & 1)):
             return None
-        arr = np.empty(count, dtype=("<i" if signed else "<u") + str(bits // 8))
+        dtype = np.dtype(("<i" if signed else "<u") + str(bits // 8))
+        if into is not None and into.dtype.itemsize == dtype.itemsize and into.size == count:
+            arr = into.reshape(-1).view(dtype)
+        else:
+            arr = np.empty(count, dtype=dtype)
         if os.preadv(fd, [arr], offset + head_len) != nbytes:  # straight into the array, unbuffered
             return None
     finally:
