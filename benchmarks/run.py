@@ -257,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
 
             log("models: ONNX Runtime vs torch, and our study path vs the MONAI-native path")
             results += bench_models(raw, DEFAULT_MODELS, repeats, log)
+            from benchmarks.models import bench_study
+
+            results += bench_study(raw, DEFAULT_MODELS, repeats, log)
+            if not args.quick:  # the small study too: a per-study cost shows there first
+                results += bench_study(sizes["60x256"], DEFAULT_MODELS, repeats, log, "_60x256")
             from benchmarks.models import bench_shadow
 
             results += bench_shadow(raw, DEFAULT_MODELS, Path(tmp), repeats, log)
