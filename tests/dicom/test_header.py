@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
@@ -140,3 +141,26 @@ def test_a_header_longer_than_the_first_read_is_read_whole(tmp_path):
     _, expected_offset = _with_pydicom(str(tmp_path / "long.dcm"))
     assert offset == expected_offset > 200 << 10
     assert header.get("Rows") == ds.Rows and header.get("RescaleIntercept") == float(ds.RescaleIntercept)
+
+
+def test_a_window_that_is_no_number_is_read_as_no_window(tmp_path):
+    """A value read lazily may turn out not to be a number when it is asked for: the radiograph's
+    window is then ignored, as if absent, never an exception out of the decoder."""
+    from triage.dicom import decode_series, scan_study
+
+    src = Path(get_testdata_file("RG3_UNCR.dcm"))
+    ds = pydicom.dcmread(src)
+    del ds.WindowCenter
+    (tmp_path / "none").mkdir()
+    ds.save_as(tmp_path / "none" / "rg.dcm")
+    data = bytearray(src.read_bytes())
+    at = data.index(b"\x28\x00\x50\x10DS")  # WindowCenter, explicit VR: tag, VR, 2-byte length, value
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    data[at + 8:at + 8 + length] = b"a5c".ljust(length, b" ")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "rg.dcm").write_bytes(bytes(data))
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "rg.dcm").write_bytes(src.read_bytes())
+    volumes = {k: decode_series(scan_study(tmp_path / k)[0]).array for k in ("none", "bad", "good")}
+    assert np.array_equal(volumes["bad"], volumes["none"])
+    assert not np.array_equal(volumes["good"], volumes["none"])  # the window does change the scale

@@ -449,16 +449,17 @@ def declared_range(ds: Dataset, slope: float, intercept: float) -> tuple[float, 
     """The range of values an image declares, in output units (after the rescale): its window
     when it has one, its VOI LUT's input range, else what BitsStored can hold; never the
     pixels' own minimum and maximum, which change with the patient."""
-    def first_number(value) -> float | None:
-        if value is None:
-            return None
-        try:
+    def first_number(keyword: str) -> float | None:
+        try:  # the read too: a value that is no number may raise as it is read
+            value = ds.get(keyword)
+            if value is None:
+                return None
             number = float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         return number if math.isfinite(number) else None
 
-    centre, width = first_number(ds.get("WindowCenter")), first_number(ds.get("WindowWidth"))
+    centre, width = first_number("WindowCenter"), first_number("WindowWidth")
     if centre is not None and width is not None and width > 1:  # PS3.3 C.11.2.1.2's linear window
         return centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
     lut = ds.get("VOILUTSequence")

@@ -19,6 +19,7 @@ anything unusual to pydicom.
 """
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
@@ -151,7 +152,7 @@ def _number(text: str, vr: str):
     text = text.strip()
     number = float(text)  # raises ValueError on anything that is not a number
     if vr == "IS":
-        if number != int(number):
+        if not math.isfinite(number) or number != int(number):
             raise ValueError("IS value is not a whole number")
         return int(number)
     return number

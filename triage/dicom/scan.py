@@ -293,7 +293,7 @@ def _thickness(ds: Dataset) -> float | None:
         shared = ds.get("SharedFunctionalGroupsSequence")
         try:
             value = shared[0].PixelMeasuresSequence[0].SliceThickness
-        except (TypeError, IndexError, AttributeError, KeyError):
+        except (TypeError, IndexError, AttributeError, KeyError, ValueError):  # ValueError: not a number
             return None
     try:
         number = float(value)
