@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.synth.common import Phantom, grid, smooth_noise
+from pipelines.synth.common import Phantom, grid, smooth_noise, tube
 
 THICKNESSES = (0.625, 1.25, 2.5, 5.0)
 FINDINGS = ("pneumothorax", "pe", "aortic_dissection", "pericardial_effusion")
@@ -27,36 +27,6 @@ CONTRAST = {"pneumothorax": False, "pe": True, "aortic_dissection": True, "peric
 OPACIFIED_LUNG_VESSELS = {"pe"}
 DESCRIPTION = {"pneumothorax": "CT CHEST W/O CONTRAST", "pe": "CTA CHEST PE PROTOCOL",
                "aortic_dissection": "CTA CHEST AORTA", "pericardial_effusion": "CT CHEST W/O CONTRAST"}
-
-
-def _tube(coords, p0, p1, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels within ``radius`` of the segment p0→p1 (z, y, x in mm), and the position along it
-    (0 outside the segment's bounding box)."""
-    p0, p1 = np.asarray(p0, np.float32), np.asarray(p1, np.float32)
-    lo, hi = np.minimum(p0, p1) - radius, np.maximum(p0, p1) + radius
-    # only the voxels in the segment's bounding box can be in the tube: measure those alone
-    box = _index_box(coords, lo, hi)
-    z, y, x = (c[box] for c in coords)
-    near = (z >= lo[0]) & (z <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (x >= lo[2]) & (x <= hi[2])
-    d = p1 - p0
-    t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / float(d @ d), 0, 1)
-    dist2 = (z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2
-    inside, along = np.zeros(coords[0].shape, bool), np.zeros(coords[0].shape, np.float32)
-    inside[box], along[box] = near & (dist2 < radius ** 2), np.where(near, t, 0)
-    return inside, along
-
-
-def _index_box(coords, lo, hi) -> tuple[slice, slice, slice]:
-    """The block of voxel indices that holds every voxel whose centre lies in the box [lo, hi]
-    (mm): the grid is an affine map of the indices, tilted, so the box's corners are mapped back."""
-    origin = np.array([c[0, 0, 0] for c in coords], np.float64)
-    steps = np.array([[c[1, 0, 0] - c[0, 0, 0], c[0, 1, 0] - c[0, 0, 0], c[0, 0, 1] - c[0, 0, 0]]
-                      for c in coords], np.float64)  # column k: one voxel along index axis k
-    corners = np.array([[(lo, hi)[(n >> k) & 1][k] for k in range(3)] for n in range(8)], np.float64)
-    index = np.linalg.solve(steps, (corners - origin).T)  # [3 axes, 8 corners]
-    first = np.maximum(np.floor(index.min(axis=1)).astype(int) - 1, 0)
-    last = np.minimum(np.ceil(index.max(axis=1)).astype(int) + 2, coords[0].shape)
-    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(first, last))
 
 
 class Chest:
@@ -99,7 +69,7 @@ class Chest:
         self.aorta_radius = r_ao
         self.aorta = np.zeros(z.shape, bool)
         for p0, p1 in zip(self.aorta_path, self.aorta_path[1:]):
-            self.aorta |= _tube(coords, p0, p1, r_ao)[0]
+            self.aorta |= tube(coords, p0, p1, r_ao)[0]
         # pulmonary arteries: trunk, left and right, then lobar and segmental branches into each lung
         self.pa_segments: list[tuple[str, tuple, tuple, float]] = []
         trunk0 = (heart_c[0] + 20, heart_c[1] - 5, A * 0.12)
@@ -121,7 +91,7 @@ class Chest:
                     self.pa_segments.append(("segmental", lobar_end, seg_end, rng.uniform(2.5, 3.5)))
         self.pa = np.zeros(z.shape, bool)
         for _, p0, p1, radius in self.pa_segments:
-            self.pa |= _tube(coords, p0, p1, radius)[0]
+            self.pa |= tube(coords, p0, p1, radius)[0]
         self.lung = self.lungs["R"] | self.lungs["L"]
         self.markings = self.pa.copy()  # lung vessel markings: the arteries plus finer peripheral ones
         self.markings |= self.lung & (np.abs(smooth_noise(rng, z.shape, 5.0)) < 0.02)
@@ -174,14 +144,14 @@ def _pe(rng, chest: Chest) -> tuple[np.ndarray, str]:
     for i in rng.choice(len(candidates), size=min(len(candidates), int(rng.integers(1, 4))), replace=False):
         _, p0, p1, radius = candidates[int(i)]
         occlusive = level != "central" and rng.random() < 0.4
-        tube, t = _tube(chest.coords, p0, p1, radius if occlusive else radius * rng.uniform(0.5, 0.95))
+        vessel, t = tube(chest.coords, p0, p1, radius if occlusive else radius * rng.uniform(0.5, 0.95))
         start = rng.uniform(0.1, 0.6)
         end = 1.0 if occlusive else start + rng.uniform(0.15, 0.4)
-        clot |= tube & (t > start) & (t <= end)
+        clot |= vessel & (t > start) & (t <= end)
         if occlusive:
             kind = f"{level}_occlusive"
             for _, b0, b1, r in _branches(chest.pa_segments, p1):
-                clot |= _tube(chest.coords, b0, b1, r)[0]
+                clot |= tube(chest.coords, b0, b1, r)[0]
     return clot & chest.pa, kind
 
 
@@ -203,7 +173,7 @@ def _dissection(rng, chest: Chest) -> tuple[np.ndarray, np.ndarray, str]:
     false_lumen = np.zeros(z.shape, bool)
     angle = rng.uniform(0, np.pi)
     for p0, p1 in segments[: max(1, int(round(len(segments) * extent)))]:
-        tube, t = _tube(chest.coords, p0, p1, chest.aorta_radius)
+        lumen, t = tube(chest.coords, p0, p1, chest.aorta_radius)
         p0, p1 = np.array(p0), np.array(p1)
         centre = [p0[i] + t * (p1[i] - p0[i]) for i in range(3)]
         axis = (p1 - p0) / np.linalg.norm(p1 - p0)
@@ -213,8 +183,8 @@ def _dissection(rng, chest: Chest) -> tuple[np.ndarray, np.ndarray, str]:
         n = np.cos(angle) * u + np.sin(angle) * v  # the flap's normal, across the lumen
         offset = (z - centre[0]) * n[0] + (y - centre[1]) * n[1] + (x - centre[2]) * n[2]
         shift = chest.aorta_radius * rng.uniform(-0.3, 0.3)
-        flap |= tube & (np.abs(offset - shift) < rng.uniform(0.8, 1.3))
-        false_lumen |= tube & (offset - shift > 0)
+        flap |= lumen & (np.abs(offset - shift) < rng.uniform(0.8, 1.3))
+        false_lumen |= lumen & (offset - shift > 0)
     return flap, false_lumen & ~flap, stanford
 
 

@@ -56,3 +56,33 @@ def smooth_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
         out += (np.cos(2 * np.pi * f[0] * z + p[0])[:, None, None] * np.cos(2 * np.pi * f[1] * y + p[1])[None, :, None]
                 * np.cos(2 * np.pi * f[2] * x + p[2])[None, None, :])
     return out / 4
+
+
+def tube(coords, p0, p1, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels within ``radius`` of the segment p0→p1 (z, y, x in mm), and the position along it
+    (0 outside the segment's bounding box)."""
+    p0, p1 = np.asarray(p0, np.float32), np.asarray(p1, np.float32)
+    lo, hi = np.minimum(p0, p1) - radius, np.maximum(p0, p1) + radius
+    # only the voxels in the segment's bounding box can be in the tube: measure those alone
+    box = index_box(coords, lo, hi)
+    z, y, x = (c[box] for c in coords)
+    near = (z >= lo[0]) & (z <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (x >= lo[2]) & (x <= hi[2])
+    d = p1 - p0
+    t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / float(d @ d), 0, 1)
+    dist2 = (z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2
+    inside, along = np.zeros(coords[0].shape, bool), np.zeros(coords[0].shape, np.float32)
+    inside[box], along[box] = near & (dist2 < radius ** 2), np.where(near, t, 0)
+    return inside, along
+
+
+def index_box(coords, lo, hi) -> tuple[slice, slice, slice]:
+    """The block of voxel indices that holds every voxel whose centre lies in the box [lo, hi]
+    (mm): the grid is an affine map of the indices, tilted, so the box's corners are mapped back."""
+    origin = np.array([c[0, 0, 0] for c in coords], np.float64)
+    steps = np.array([[c[1, 0, 0] - c[0, 0, 0], c[0, 1, 0] - c[0, 0, 0], c[0, 0, 1] - c[0, 0, 0]]
+                      for c in coords], np.float64)  # column k: one voxel along index axis k
+    corners = np.array([[(lo, hi)[(n >> k) & 1][k] for k in range(3)] for n in range(8)], np.float64)
+    index = np.linalg.solve(steps, (corners - origin).T)  # [3 axes, 8 corners]
+    first = np.maximum(np.floor(index.min(axis=1)).astype(int) - 1, 0)
+    last = np.minimum(np.ceil(index.max(axis=1)).astype(int) + 2, coords[0].shape)
+    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(first, last))

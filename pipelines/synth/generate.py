@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.synth.chest import chest_ct
-from pipelines.synth.head import head_ct, head_ct_fracture, head_ct_fracture_v2, head_ct_v2, head_cta
+from pipelines.synth.chest_v2 import chest_ct_v2
+from pipelines.synth.head import head_ct, head_ct_fracture, head_ct_fracture_v2, head_ct_v2, head_cta, head_cta_v2
 from pipelines.synth.radiograph import chest_radiograph
+from pipelines.synth.radiograph_v2 import chest_radiograph_v2
 from pipelines.synth.write import write_labels, write_study
 
 # phantom kind (a model config's `phantom`) -> generator; positives carry that kind's finding
@@ -25,6 +27,7 @@ KINDS = {
     # model that trains on them is retrained on theirs
     "head_ct_v2": head_ct_v2,
     "head_ct_fracture_v2": head_ct_fracture_v2,
+    "head_cta_v2": head_cta_v2,
     "head_cta": head_cta,
     "head_ct_fracture": head_ct_fracture,
     "chest_ct_pneumothorax": partial(chest_ct, finding="pneumothorax"),
@@ -32,6 +35,11 @@ KINDS = {
     "ctpa_pe": partial(chest_ct, finding="pe"),
     "cta_aortic_dissection": partial(chest_ct, finding="aortic_dissection"),
     "chest_radiograph_pneumothorax": chest_radiograph,
+    "chest_ct_pneumothorax_v2": partial(chest_ct_v2, finding="pneumothorax"),
+    "chest_ct_pericardial_effusion_v2": partial(chest_ct_v2, finding="pericardial_effusion"),
+    "ctpa_pe_v2": partial(chest_ct_v2, finding="pe"),
+    "cta_aortic_dissection_v2": partial(chest_ct_v2, finding="aortic_dissection"),
+    "chest_radiograph_pneumothorax_v2": chest_radiograph_v2,
 }
 
 

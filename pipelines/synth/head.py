@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.synth.common import Phantom, grid, smooth_noise
+from pipelines.synth.common import Phantom, grid, smooth_noise, tube
 
 THICKNESSES = (0.625, 1.25, 2.5, 5.0)
 HAEMORRHAGE_KINDS = ("intraparenchymal", "subdural", "subarachnoid")
@@ -88,12 +88,9 @@ def _haemorrhage(rng, coords, r, kind: str, csf: dict[str, np.ndarray]) -> np.nd
     return sector & band & (rim | csf["sulci"]) & patches
 
 
-def _arteries(coords, occlude: str | None, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Contrast-filled arteries as tubes: ICAs, circle of Willis, MCAs, ACAs, basilar.
-
-    Returns (vessel mask, occluded-segment mask)."""
-    z, y, x = coords
-    segments = []  # (name, start, end, radius) in mm, head frame (z, y, x)
+def _segments() -> list[tuple[str, tuple, tuple, float]]:
+    """The arterial tree of :func:`head_cta`: (name, start, end, radius) in mm, head frame (z, y, x)."""
+    segments = []
     for side, s in (("L", 1), ("R", -1)):
         segments += [(f"ICA_{side}", (-60, 5, s * 18), (-5, 0, s * 14), 2.4),
                      (f"M1_{side}", (-5, 0, s * 14), (0, 2, s * 42), 1.9),
@@ -103,27 +100,38 @@ def _arteries(coords, occlude: str | None, rng) -> tuple[np.ndarray, np.ndarray]
                      (f"A2_{side}", (0, -12, s * 3), (35, -30, s * 3), 1.2),
                      (f"P_{side}", (-8, 18, 0), (0, 35, s * 30), 1.3)]
     segments += [("BA", (-55, 22, 0), (-8, 18, 0), 1.8), ("ACom", (0, -12, 3), (0, -12, -3), 0.9)]
+    return segments
+
+
+def _unfilled(occlude: str | None) -> dict[str, float]:
+    """Segment -> the fraction along it from which it does not fill, for an occlusion at
+    ``occlude`` ("ICA-T_L", "M1_R", ...)."""
+    if occlude is None:
+        return {}
+    side = occlude[-1]
+    if occlude.startswith("ICA"):  # terminus: M1, its branches and A1 of that side go dark
+        return {f"ICA_{side}": 0.75, f"M1_{side}": 0.0, f"M2a_{side}": 0.0, f"M2b_{side}": 0.0, f"A1_{side}": 0.0}
+    return {f"M1_{side}": 0.15, f"M2a_{side}": 0.0, f"M2b_{side}": 0.0}  # proximal M1
+
+
+def _arteries(coords, occlude: str | None, rng, segments=None, unfilled=None) -> tuple[np.ndarray, np.ndarray]:
+    """Contrast-filled arteries as tubes: ICAs, circle of Willis, MCAs, ACAs, basilar
+    (``segments``, :func:`_segments` by default); the segments in ``unfilled`` (default: those of
+    ``occlude``) do not fill from the given fraction along them.
+
+    Returns (vessel mask, occluded-segment mask)."""
+    z = coords[0]
+    segments = _segments() if segments is None else segments
+    unfilled = _unfilled(occlude) if unfilled is None else unfilled
     vessels = np.zeros(z.shape, bool)
     occluded = np.zeros(z.shape, bool)
-    unfilled: dict[str, float] = {}  # segment -> fraction along it from which it does not fill
-    if occlude is not None:
-        side = occlude[-1]
-        if occlude.startswith("ICA"):  # terminus: M1, its branches and A1 of that side go dark
-            unfilled = {f"ICA_{side}": 0.75, f"M1_{side}": 0.0, f"M2a_{side}": 0.0, f"M2b_{side}": 0.0,
-                        f"A1_{side}": 0.0}
-        else:  # proximal M1
-            unfilled = {f"M1_{side}": 0.15, f"M2a_{side}": 0.0, f"M2b_{side}": 0.0}
     for name, p0, p1, radius in segments:
-        p0, p1 = np.array(p0, np.float32), np.array(p1, np.float32)
-        d = p1 - p0
-        t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / float(d @ d), 0, 1)
-        dist2 = (z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2
-        tube = dist2 < (radius * rng.uniform(0.9, 1.1)) ** 2
+        inside, t = tube(coords, p0, p1, radius * rng.uniform(0.9, 1.1))
         if name in unfilled:
-            part = tube & (t > unfilled[name]) if unfilled[name] > 0 else tube
+            part = inside & (t > unfilled[name]) if unfilled[name] > 0 else inside
             occluded |= part
-            tube = tube & ~part
-        vessels |= tube
+            inside = inside & ~part
+        vessels |= inside
     return vessels, occluded
 
 
@@ -221,13 +229,14 @@ def _fracture(rng, hu, coords, spacing, axes, skull: np.ndarray) -> np.ndarray:
 
 
 # --- the head with normal variation and scanner physics (generator v2, issue 23) ---------------
-def _varied_head(rng, coords):
+def _varied_head(rng, coords, parts: dict | None = None):
     """A non-contrast head whose normal anatomy varies as patients' does, with the classic
     haemorrhage and fracture mimics: skull shape and thickness; CSF spaces from young to atrophic
     (ventricles, sulci, the subarachnoid rim); the dural venous sinuses (denser than brain);
     air in the frontal sinuses and mastoids; calcified pineal, choroid plexus, falx and basal
     ganglia; a grey/white texture that is not quite symmetric. Returns HU, r, axes, CSF spaces
-    and the dense-bone mask (for beam hardening)."""
+    and the dense-bone mask (for beam hardening); ``parts`` (when given) gets the venous sinuses'
+    mask as "venous", for a contrast phase to fill them."""
     z, y, x = coords
     a, b, c = rng.uniform(62, 80), rng.uniform(80, 100), rng.uniform(70, 84)
     r = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
@@ -261,6 +270,8 @@ def _varied_head(rng, coords):
     sss = (np.abs(x) < rng.uniform(2, 4)) & (r < inner) & (r >= inner - rng.uniform(0.03, 0.05)) & (z > -10)
     transverse = (r < inner) & (r >= inner - 0.04) & (y > 0.5 * b) & (np.abs(z + rng.uniform(5, 20)) < 4)
     hu[sss | transverse] = rng.uniform(45, 65)  # denser than brain, as flowing blood is
+    if parts is not None:
+        parts["venous"] = sss | transverse
     # air: frontal sinuses (front, low, in the bone) and mastoids (behind the ears)
     if rng.random() < 0.85:
         fs = ((x / rng.uniform(10, 22)) ** 2 + ((y + b * 0.9) / 8) ** 2 + ((z + rng.uniform(5, 25)) / 12) ** 2) < 1
@@ -363,3 +374,79 @@ def head_ct_fracture_v2(rng: np.random.Generator, positive: bool, *, matrix: int
     return Phantom(hu=image, spacing_zyx=spacing, mask=mask, label=int(positive), finding="skull_fracture",
                    kind="linear" if positive else "none", contrast=False,
                    description=f"HEAD W/O CONTRAST BONE {thickness:g}mm", lesion_ml=lesion_ml)
+
+
+def _varied_tree(rng, axes) -> list[tuple[str, tuple, tuple, float]]:
+    """:func:`_segments` as patients differ: the tree scaled to the head, every branch point moved
+    a few mm, calibres that vary, and the common variants of the circle of Willis that leave one
+    side thinner or empty without an occlusion (a hypoplastic or absent A1, no anterior or
+    posterior communicating flow), which a model must not call an occlusion."""
+    scale = np.array([axes[2] / 77.0, axes[1] / 90.0, axes[0] / 71.0])
+    moved: dict[tuple, np.ndarray] = {}
+
+    def node(p):
+        if p not in moved:
+            moved[p] = np.array(p, float) * scale + rng.normal(0, 2.5, 3)
+        return tuple(moved[p])
+
+    calibre = rng.uniform(0.85, 1.2)
+    thin = {f"A1_{str(rng.choice(['L', 'R']))}": rng.uniform(0.0, 0.5)} if rng.random() < 0.2 else {}
+    if rng.random() < 0.2:
+        thin["ACom"] = 0.0
+    if rng.random() < 0.25:  # a fetal posterior cerebral artery: P filled from the ICA, not the basilar
+        thin[f"P_{str(rng.choice(['L', 'R']))}"] = rng.uniform(0.5, 0.8)
+    out = []
+    for name, p0, p1, radius in _segments():
+        r = radius * calibre * rng.uniform(0.85, 1.15) * thin.get(name, 1.0)
+        if r > 0.3:
+            out.append((name, node(p0), node(p1), r))
+    return out
+
+
+def _varied_occlusion(rng) -> tuple[str, dict[str, float]]:
+    """An occlusion that varies in site and extent: the ICA terminus, anywhere along M1 (its
+    branches beyond may fill a little through collaterals), or the start of one M2 division,
+    the smallest a reader is asked to call a large vessel occlusion."""
+    side = str(rng.choice(["L", "R"]))
+    site = str(rng.choice(["ICA-T", "M1", "M1", "M2"]))
+    if site == "ICA-T":
+        return f"ICA-T_{side}", _unfilled(f"ICA-T_{side}")
+    if site == "M1":
+        start = float(rng.uniform(0.05, 0.7))
+        return f"M1_{side}", {f"M1_{side}": start, f"M2a_{side}": 0.0, f"M2b_{side}": 0.0}
+    branch = str(rng.choice(["a", "b"]))
+    return f"M2{branch}_{side}", {f"M2{branch}_{side}": float(rng.uniform(0.0, 0.4))}
+
+
+def head_cta_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None) -> Phantom:
+    """Head CT angiography with normal variation and scanner physics: the varied head of
+    :func:`_varied_head`, a tree that varies (:func:`_varied_tree`), contrast timing from early
+    arterial to venous (arteries 150–500 HU; the venous sinuses from barely to as bright as the
+    arteries), calcified plaque in the carotid siphons. Positive studies carry one occlusion
+    (:func:`_varied_occlusion`; mask = the segments that do not fill)."""
+    thickness = thickness or float(rng.choice(THICKNESSES[:3]))
+    coords, spacing = _v2_grid(rng, thickness, matrix)
+    parts: dict = {}
+    hu, r, axes, _, dense = _varied_head(rng, coords, parts)
+    tree = _varied_tree(rng, axes)
+    site, unfilled = _varied_occlusion(rng) if positive else ("none", {})
+    vessels, occluded = _arteries(coords, None, rng, tree, unfilled)
+    arterial = rng.uniform(150, 500)
+    venous = rng.uniform(0.2, 1.0)  # how far into the venous phase: sinuses fill as arteries fade
+    hu[parts["venous"]] = 50 + (arterial - 50) * venous
+    hu[vessels] = arterial * (1.1 - 0.3 * venous)
+    hu[occluded] = rng.uniform(25, 60)  # no contrast beyond the clot
+    if site[:2] in ("IC", "M1") and rng.random() < 0.4:  # collaterals: the M2 branches fill faintly
+        hu[occluded & (np.abs(coords[2]) > 0.58 * axes[0])] = rng.uniform(60, 110)
+    z, y, x = coords
+    for name, p0, p1, radius in tree:  # calcified plaque in the carotid siphons
+        if name.startswith("ICA") and rng.random() < 0.35:
+            p0, p1 = np.array(p0), np.array(p1)
+            side = rng.normal(size=3)
+            centre = p0 + rng.uniform(0.3, 0.9) * (p1 - p0) + radius * side / np.linalg.norm(side)
+            plaque = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 < rng.uniform(0.8, 1.8) ** 2
+            hu[plaque] = rng.uniform(500, 1200)
+    image = _scanned(rng, hu, coords, spacing, dense | (hu > 600), axes)
+    lesion_ml = float(occluded.sum() * np.prod(spacing) / 1000)
+    return Phantom(hu=image, spacing_zyx=spacing, mask=occluded, label=int(positive), finding="lvo", kind=site,
+                   contrast=True, description=f"CTA HEAD {thickness:g}mm", lesion_ml=lesion_ml)

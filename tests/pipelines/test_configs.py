@@ -49,7 +49,8 @@ def router():
 def phantom_series(tmp_path_factory):
     root = tmp_path_factory.mktemp("routing")
     series = {}
-    for kind in ("head_ct", "head_cta", "chest_ct_pneumothorax", "ctpa_pe", "chest_radiograph_pneumothorax"):
+    for kind in ("head_ct", "head_cta", "chest_ct_pneumothorax", "ctpa_pe", "chest_radiograph_pneumothorax",
+                 "head_ct_v2", "head_cta_v2", "chest_ct_pneumothorax_v2", "ctpa_pe_v2", "chest_radiograph_pneumothorax_v2"):
         rows = generate(kind, 1, 61, root / kind, matrix=32, progress=False, workers=1)
         (series[kind],) = scan_study(root / kind / "studies" / rows[0]["study_id"])
     # a thick (5 mm) contrast chest CT: too coarse for the pulmonary embolism model
@@ -66,6 +67,12 @@ def phantom_series(tmp_path_factory):
     ("ctpa_pe", {"pneumothorax", "pe", "aortic_dissection"}),
     ("thick_cta", {"pneumothorax"}),  # 5 mm: too thick for the angiography models
     ("chest_radiograph_pneumothorax", {"pneumothorax_cxr"}),
+    # generator v2: the same routing, whatever its variation
+    ("head_ct_v2", {"ich", "skull_fracture"}),
+    ("head_cta_v2", {"lvo"}),
+    ("chest_ct_pneumothorax_v2", {"pneumothorax", "pericardial_effusion"}),
+    ("ctpa_pe_v2", {"pneumothorax", "pe", "aortic_dissection"}),
+    ("chest_radiograph_pneumothorax_v2", {"pneumothorax_cxr"}),
 ])
 def test_each_series_goes_to_exactly_the_models_that_fit_it(router, phantom_series, kind, models):
     assert {r.model for r in router.route([phantom_series[kind]])} == models

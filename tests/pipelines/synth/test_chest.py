@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.synth.chest import FINDINGS, Chest, _branches, _tube, chest_ct
+from pipelines.synth.chest import FINDINGS, Chest, _branches, chest_ct
+from pipelines.synth.common import tube
 from pipelines.synth.common import grid
 from pipelines.synth.generate import generate
 from pipelines.synth.radiograph import chest_radiograph
@@ -138,6 +139,6 @@ def test_a_tube_on_a_tilted_grid_holds_exactly_the_voxels_near_its_axis():
     d = p1 - p0
     t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / (d @ d), 0, 1)
     full = ((z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2 + (x - p0[2] - t * d[2]) ** 2) < radius ** 2
-    inside, along = _tube(coords, p0, p1, radius)
+    inside, along = tube(coords, p0, p1, radius)
     assert full.sum() > 100 and np.array_equal(inside, full)
     assert np.allclose(along[inside], t[inside], atol=1e-5)

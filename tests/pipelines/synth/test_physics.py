@@ -67,3 +67,16 @@ def test_v2_skulls_have_open_sutures_and_a_fracture_only_in_positives():
         neg = head_ct_fracture_v2(np.random.default_rng([43, i]), False, matrix=64)
         assert pos.mask.any() and pos.lesion_ml >= 0.02 and not neg.mask.any()
         assert pos.finding == neg.finding == "skull_fracture" and "BONE" in pos.description
+
+
+def test_a_v2_occlusion_leaves_its_segment_without_contrast_and_negatives_have_none():
+    from pipelines.synth.head import head_cta_v2
+
+    for i in range(4):
+        occluded = head_cta_v2(np.random.default_rng([51, i]), True, matrix=64, thickness=2.5)
+        clear = head_cta_v2(np.random.default_rng([51, i]), False, matrix=64, thickness=2.5)
+        assert occluded.mask.any() and occluded.kind[:2] in ("IC", "M1", "M2") and not clear.mask.any()
+        # the same head and tree (the occlusion is drawn after both): where the positive's artery
+        # does not fill, the negative's does (its voxels, partial volume and all, read brighter)
+        gap = float(np.median(clear.hu[occluded.mask]) - np.median(occluded.hu[occluded.mask]))
+        assert gap > 40.0, (i, occluded.kind, gap)

@@ -1,0 +1,233 @@
+"""Chest CT phantoms with normal variation and scanner physics (generator v2, issue 23).
+
+The chest of :mod:`pipelines.synth.chest`, with the normal anatomy its negatives lacked, which a
+model reading chests must not call a finding:
+- air that is not a pneumothorax: trachea and main bronchi, air in the oesophagus, stomach gas and
+  bowel below the diaphragm, emphysema and subpleural bullae (the classic pneumothorax mimic),
+  clothing folds and the air between the body and the table;
+- fluid and soft tissue that is not a pericardial effusion: pleural effusion (dependent, beside
+  the spine), dependent atelectasis, the liver and spleen domes under the diaphragm, breasts, arms
+  at the sides, fat and muscle walls of varying thickness;
+- dense things: calcified coronary arteries and aortic wall, and on angiography a dense superior
+  vena cava (its streaks come from the scanner model's beam hardening);
+- contrast timing from pulmonary arterial through aortic to venous phase.
+
+Scanner physics (kernel, slice profile, correlated noise, HU drift, reconstruction circle and
+padding, beam hardening, metal) is :func:`pipelines.synth.physics.acquire`. The findings are
+drawn as in :mod:`pipelines.synth.chest`, into this chest.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.synth.chest import (CONTRAST, DESCRIPTION, FINDINGS, OPACIFIED_LUNG_VESSELS, THICKNESSES, Chest,
+                                   _dissection, _effusion, _pe, pleural_air)
+from pipelines.synth.common import Phantom, grid, index_box, smooth_noise, tube
+from pipelines.synth.physics import acquire, support
+
+PHASES = ("pulmonary", "aortic", "venous")
+
+
+def _ellipsoid(coords, centre, axes) -> np.ndarray:
+    """Voxels inside the axis-aligned ellipsoid (mm); only its bounding box is measured."""
+    centre, axes = np.asarray(centre, np.float32), np.asarray(axes, np.float32)
+    box = index_box(coords, centre - axes, centre + axes)
+    z, y, x = (c[box] for c in coords)
+    out = np.zeros(coords[0].shape, bool)
+    out[box] = ((z - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((x - centre[2]) / axes[2]) ** 2 < 1
+    return out
+
+
+class VariedChest(Chest):
+    """:class:`Chest` with the normal anatomy above drawn as masks: the diaphragm's domes cut the
+    lungs from below, and the airways, oesophagus, abdominal organs, breasts and arms join them."""
+
+    def __init__(self, rng: np.random.Generator, coords):
+        super().__init__(rng, coords)
+        z, y, x = coords
+        A, B = self.A, self.B
+        # the diaphragm: two domes, the right (patient right is -x) higher; below them the abdomen
+        top = rng.uniform(-110, -50)
+        dome = np.where(x < 0, top + rng.uniform(5, 20), top) - 45 * ((np.abs(x) - 0.45 * A) / (0.5 * A)) ** 2 \
+            - 30 * (y / B) ** 2
+        below = self.cavity & (z < dome)
+        for lung in self.lungs.values():
+            lung &= ~below
+        self.lung = self.lungs["R"] | self.lungs["L"]
+        self.markings &= ~below | self.pa
+        organs = below & ~self.heart & ~self.aorta & ~self.spine & ~self.canal
+        self.liver = organs & (x < A * rng.uniform(0.0, 0.3) + 15 * smooth_noise(rng, z.shape, 1.0))
+        self.spleen = organs & _ellipsoid(coords, (top - 30, 0.35 * B, 0.6 * A), rng.uniform(25, 45, 3))
+        stomach = organs & ~self.liver & _ellipsoid(coords, (top - 35, -0.15 * B, 0.35 * A), rng.uniform(25, 50, 3))
+        level = -0.15 * B - rng.uniform(-10, 30)  # supine: gas rises to the front (-y)
+        self.stomach_gas = stomach & (y < level)
+        self.stomach_fluid = stomach & ~self.stomach_gas
+        self.bowel_gas = organs & ~self.liver & ~stomach & (smooth_noise(rng, z.shape, 6.0) > rng.uniform(0.45, 0.7))
+        self.organs = organs
+        # airways: trachea down to the carina, main bronchi out to each hilum
+        carina = np.array(self.pa_segments[0][2]) + np.array([rng.uniform(0, 10), 0.22 * B, -0.03 * A])
+        r_trachea = rng.uniform(7, 11)
+        self.airway_wall = np.zeros(z.shape, bool)
+        self.airway = np.zeros(z.shape, bool)
+        pieces = [((200.0, carina[1] - 5, carina[2]), tuple(carina), r_trachea)]
+        for s in (-1, 1):
+            hilum = (carina[0] - rng.uniform(15, 30), carina[1] + rng.uniform(-5, 10), s * A * rng.uniform(0.22, 0.3))
+            pieces.append((tuple(carina), hilum, r_trachea * rng.uniform(0.6, 0.75)))
+        for p0, p1, r in pieces:
+            self.airway_wall |= tube(coords, p0, p1, r + rng.uniform(1.0, 2.0))[0]
+            self.airway |= tube(coords, p0, p1, r)[0]
+        # the oesophagus, between the trachea and the spine, left of the midline; air in it or not
+        oy = 0.5 * (carina[1] + self.B * 0.58)
+        self.oesophagus = tube(coords, (200.0, oy, 6.0), (top - 20, oy - 10, 0.2 * A), rng.uniform(6, 9))[0]
+        self.oesophagus_air = tube(coords, (rng.uniform(-20, 60), oy, 6.0), (rng.uniform(-80, -20), oy, 8.0),
+                                   rng.uniform(1.5, 5))[0] if rng.random() < 0.6 else np.zeros(z.shape, bool)
+        # outside the chest wall: breasts, arms at the sides (arms up leaves them out of the field)
+        self.breasts = np.zeros(z.shape, bool)
+        if rng.random() < 0.5:
+            size = rng.uniform(35, 75)
+            for s in (-1, 1):
+                self.breasts |= _ellipsoid(coords, (rng.uniform(-60, 0), -B * 0.95, s * A * 0.45),
+                                           (size * 0.9, size * 0.8, size))
+            self.breasts &= ~self.body
+        self.arms = np.zeros(z.shape, bool)
+        self.humerus = np.zeros(z.shape, bool)
+        if rng.random() < 0.4:
+            for s in (-1, 1):
+                centre_x, radius = s * (A + rng.uniform(35, 55)), rng.uniform(35, 48)
+                rr = np.sqrt((x - centre_x) ** 2 + (y - rng.uniform(-20, 20)) ** 2)
+                self.arms |= rr < radius
+                self.humerus |= rr < rng.uniform(9, 13)
+        # the lung's own variation: emphysema, bullae against the pleura, dependent atelectasis,
+        # pleural effusion (fluid beside the spine, which is not pericardial)
+        self.emphysema = self.lung & (smooth_noise(rng, z.shape, 4.0) > rng.uniform(0.25, 0.6)) \
+            if rng.random() < 0.35 else np.zeros(z.shape, bool)
+        self.bullae = np.zeros(z.shape, bool)
+        self.bulla_walls = np.zeros(z.shape, bool)
+        if rng.random() < 0.35:
+            inside = np.argwhere(self.lung)
+            for _ in range(int(rng.integers(1, 5))):
+                if not len(inside):
+                    break
+                idx = inside[rng.integers(len(inside))]
+                centre = (z[tuple(idx)], y[tuple(idx)], x[tuple(idx)])
+                radius = rng.uniform(8, 35)
+                ball = _ellipsoid(coords, centre, (radius,) * 3)
+                self.bulla_walls |= ball & ~_ellipsoid(coords, centre, (radius - rng.uniform(1, 2),) * 3)
+                self.bullae |= ball
+            self.bullae &= self.lung
+            self.bulla_walls &= self.lung
+        self.atelectasis = np.zeros(z.shape, bool)
+        self.pleural_fluid = np.zeros(z.shape, bool)
+        for side in self.lungs.values():
+            back = float(y[side].max()) if side.any() else 0.0
+            if rng.random() < 0.4:
+                self.atelectasis |= side & (y > back - rng.uniform(5, 25)) & (z < top + rng.uniform(30, 120))
+            if rng.random() < 0.3:
+                depth = rng.uniform(8, 60) * (1 + np.clip((top + 60 - z) / 80, 0, 1))
+                self.pleural_fluid |= side & (y > back - depth)
+        # calcification: coronary arteries on the heart's surface, plaques in the aortic wall
+        self.calcium = np.zeros(z.shape, bool)
+        surface = np.argwhere(self.heart & (self.heart_r > 0.9))
+        for _ in range(int(rng.integers(0, 5)) if len(surface) else 0):
+            idx = surface[rng.integers(len(surface))]
+            self.calcium |= _ellipsoid(coords, (z[tuple(idx)], y[tuple(idx)], x[tuple(idx)]), (rng.uniform(1.5, 4),) * 3)
+        if rng.random() < 0.5:
+            shell = np.zeros(z.shape, bool)
+            for p0, p1 in zip(self.aorta_path, self.aorta_path[1:]):
+                shell |= tube(coords, p0, p1, self.aorta_radius + 1.5)[0]
+            self.calcium |= shell & ~self.aorta & (smooth_noise(rng, z.shape, 8.0) > rng.uniform(0.3, 0.6))
+        # the superior vena cava, right of the aorta, down into the heart
+        self.svc = tube(coords, (200.0, -0.1 * B, -0.15 * A), (self.aorta_path[0][0], -0.2 * B, -0.1 * A),
+                        rng.uniform(8, 11))[0] & ~self.aorta
+
+    def hu(self, rng: np.random.Generator, contrast: bool, opacified_markings: bool = False,
+           phase: str = "pulmonary") -> np.ndarray:
+        out = super().hu(rng, contrast, opacified_markings)
+        z = self.coords[0]
+        out[self.body] += rng.uniform(-8, 12)  # muscle 30-50 HU
+        out[self.fat] = rng.uniform(-120, -80)
+        if self.breasts.any():  # glandular tissue in fat
+            out[self.breasts] = np.where(smooth_noise(rng, z.shape, 2.0) > 0, 30.0, -100.0)[self.breasts]
+        out[self.arms] = 45.0
+        out[self.humerus] = rng.uniform(600, 1100)
+        venous = contrast and phase == "venous"
+        out[self.organs] = 40.0
+        out[self.liver] = rng.uniform(100, 130) if venous else rng.uniform(50, 65)
+        out[self.spleen] = rng.uniform(100, 130) if venous else rng.uniform(40, 50)
+        out[self.stomach_fluid] = rng.uniform(5, 25)
+        out[self.stomach_gas | self.bowel_gas] = -1000.0
+        out[self.oesophagus] = 40.0
+        out[self.oesophagus_air] = -1000.0
+        out[self.emphysema] = rng.uniform(-990, -940)
+        out[self.bullae] = -1000.0
+        out[self.bulla_walls] = rng.uniform(-600, -200)
+        out[self.atelectasis] = rng.uniform(-300, 30)
+        out[self.pleural_fluid] = rng.uniform(0, 20)
+        out[self.calcium] = rng.uniform(300, 1000)
+        out[self.airway_wall & ~self.airway & ~self.lung] = 40.0
+        out[self.airway] = -1000.0
+        if contrast:  # contrast timing: the pulmonary arteries and the aorta fill at different times
+            peak = rng.uniform(250, 500)
+            pa, aorta = {"pulmonary": (1.0, rng.uniform(0.4, 0.8)), "aortic": (rng.uniform(0.6, 0.9), 1.0),
+                         "venous": (rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6))}[phase]
+            out[self.pa] = peak * pa
+            if opacified_markings:
+                out[self.markings & self.lung & ~self.pa] = peak * pa
+            out[self.aorta] = peak * aorta
+            out[self.chambers] = peak * 0.5 * (pa + aorta)
+            out[self.svc] = rng.uniform(800, 2500) if phase == "pulmonary" and rng.random() < 0.6 else peak * 0.6
+        return out
+
+
+def chest_ct_v2(rng: np.random.Generator, positive: bool, *, finding: str, matrix: int = 128,
+                thickness: float | None = None) -> Phantom:
+    """A chest CT for one finding, with normal variation and scanner physics: with contrast for
+    ``pe`` (pulmonary arterial or aortic phase) and ``aortic_dissection`` (aortic or venous), without
+    for the others. Mask = the finding, drawn as in :func:`pipelines.synth.chest.chest_ct`."""
+    if finding not in FINDINGS:
+        raise ValueError(f"unknown chest finding {finding!r}; one of {', '.join(FINDINGS)}")
+    contrast = CONTRAST[finding]
+    thickness = thickness or float(rng.choice(THICKNESSES[:3] if contrast else THICKNESSES))
+    coords, spacing = grid(rng, thickness, matrix, fov_mm=float(rng.uniform(340, 500)), coverage_mm=(200.0, 320.0),
+                           tilt_deg=(6.0, 6.0), shift_mm=25.0)
+    chest = VariedChest(rng, coords)
+    phase = str(rng.choice(PHASES[:2] if finding == "pe" else PHASES[1:])) if contrast else "none"
+    hu = chest.hu(rng, contrast, opacified_markings=finding in OPACIFIED_LUNG_VESSELS, phase=phase)
+    mask = np.zeros(hu.shape, bool)
+    kind = "none"
+    if positive:
+        if finding == "pneumothorax":
+            mask, kind = pleural_air(rng, chest)
+            mask &= ~chest.pleural_fluid  # fluid lies below the air (a hydropneumothorax)
+            hu[mask] = -1000.0
+        elif finding == "pe":
+            for _ in range(10):
+                mask, kind = _pe(rng, chest)
+                if mask.sum() >= 3:
+                    break
+            hu[mask] = rng.uniform(20, 60)
+        elif finding == "aortic_dissection":
+            flap, false_lumen, kind = _dissection(rng, chest)
+            hu[false_lumen] *= rng.uniform(0.5, 0.8)
+            hu[flap] = rng.uniform(60, 110)
+            mask = flap | false_lumen
+            kind = f"stanford_{kind}"
+        else:
+            mask = _effusion(rng, chest)
+            hu[mask] = rng.uniform(0, 25)
+            kind = "pericardial_effusion"
+    outside = hu <= -999.0
+    outside &= ~chest.cavity & ~chest.body  # the air around the patient, not in it
+    clothing = outside & ~(chest.breasts | chest.arms)
+    z, y, x = coords
+    rb = np.sqrt((x / (chest.A + rng.uniform(3, 15))) ** 2 + (y / (chest.B + rng.uniform(3, 15))) ** 2)
+    cloth = clothing & (np.abs(rb - 1.0) < 0.015) & (smooth_noise(rng, z.shape, 4.0) > rng.uniform(-0.3, 0.4))
+    table = support(rng, coords, below_mm=chest.B * 1.02, kind="table")
+    hu[outside] = table[outside]
+    hu[cloth] = rng.uniform(-250, -50)
+    dense = chest.ribs | chest.sternum | chest.spine | chest.humerus | (hu > 700)
+    image = acquire(rng, hu, spacing, dense)
+    lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
+    return Phantom(hu=image, spacing_zyx=spacing, mask=mask, label=int(positive), finding=finding, kind=kind,
+                   contrast=contrast, description=f"{DESCRIPTION[finding]} {thickness:g}mm", lesion_ml=lesion_ml,
+                   body_part="CHEST", extra={"phase": phase})

@@ -1,0 +1,59 @@
+"""pipelines/synth/chest_v2: the v2 chest's negatives carry the normal anatomy that mimics each
+finding, unlabelled, and its positives carry the finding where a reader would look."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.synth.chest_v2 import VariedChest, chest_ct_v2
+from pipelines.synth.common import grid
+
+
+def chests(n: int, seed: int = 61):
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        coords, _ = grid(rng, 5.0, 64, fov_mm=420.0, coverage_mm=(260.0, 300.0))
+        chest = VariedChest(rng, coords)
+        yield chest, chest.hu(rng, contrast=False)
+
+
+def test_negatives_hold_air_that_is_no_pneumothorax_and_fluid_that_is_no_pericardial_effusion():
+    airway, gut, bullae, pleural = [], [], [], []
+    for chest, hu in chests(8):
+        assert chest.airway.any() and (hu[chest.airway] == -1000.0).all()  # trachea and bronchi read as air
+        airway.append(int(chest.airway.sum()))
+        gut.append(int(((chest.stomach_gas | chest.bowel_gas) & (hu == -1000.0)).sum()))
+        bullae.append(int((chest.bullae & (hu == -1000.0)).sum()))
+        fluid = hu[chest.pleural_fluid]
+        pleural.append(int(((fluid >= 0) & (fluid <= 20)).sum()))
+    # each mimic is drawn in some studies of eight, not in one fixed place (the model must meet them)
+    assert min(airway) > 0 and sum(g > 0 for g in gut) >= 4, (airway, gut)
+    assert 1 <= sum(b > 0 for b in bullae) <= 7 and 1 <= sum(p > 0 for p in pleural) <= 7, (bullae, pleural)
+
+
+@pytest.mark.parametrize("finding", ["pneumothorax", "pericardial_effusion", "pe", "aortic_dissection"])
+def test_negatives_carry_no_mask_and_positives_the_finding(finding):
+    for i in range(2):
+        pos = chest_ct_v2(np.random.default_rng([62, i]), True, finding=finding, matrix=64, thickness=5.0)
+        neg = chest_ct_v2(np.random.default_rng([63, i]), False, finding=finding, matrix=64, thickness=5.0)
+        assert pos.mask.any() and not neg.mask.any() and pos.label == 1 and neg.label == 0
+        assert pos.contrast == neg.contrast == (finding in ("pe", "aortic_dissection"))
+        inside = float(np.median(pos.hu[pos.mask]))
+        if finding == "pneumothorax":  # air, after the scanner's blur and noise
+            assert inside < -850, inside
+        elif finding == "pericardial_effusion":  # fluid
+            assert -30 < inside < 60, inside
+
+
+def test_contrast_timing_varies_which_arteries_are_brightest():
+    brighter = set()
+    for i in range(10):
+        rng = np.random.default_rng([64, i])
+        coords, _ = grid(rng, 5.0, 64, fov_mm=420.0, coverage_mm=(260.0, 300.0))
+        chest = VariedChest(rng, coords)
+        phase = ("pulmonary", "aortic")[i % 2]
+        hu = chest.hu(rng, contrast=True, opacified_markings=True, phase=phase)
+        pa, aorta = float(np.median(hu[chest.pa & ~chest.aorta])), float(np.median(hu[chest.aorta]))
+        assert min(pa, aorta) > 90, (phase, pa, aorta)  # both opacified
+        brighter.add((phase, "pa" if pa > aorta else "aorta"))
+    assert brighter == {("pulmonary", "pa"), ("aortic", "aorta")}, brighter

@@ -1,0 +1,39 @@
+"""pipelines/synth/radiograph_v2: films stored as X-ray rooms store them (12-16 bits, MONOCHROME1
+or 2, with a window or none) decode onto one scale, and a pneumothorax darkens its film."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.synth.generate import generate
+
+
+def test_v2_films_vary_in_storage_and_read_alike(tmp_path):
+    from triage.dicom import decode_series, scan_study
+
+    rows = generate("chest_radiograph_pneumothorax_v2", 8, 71, tmp_path / "cxr", matrix=96, progress=False)
+    stored = set()
+    for row in rows:
+        (series,) = scan_study(tmp_path / "cxr" / "studies" / row["study_id"])[:1]
+        header = series.headers[0]
+        stored.add((int(header.BitsStored), str(header.PhotometricInterpretation)))
+        image = decode_series(series).array[0]
+        r, c = image.shape
+        band = image[int(0.35 * r):int(0.45 * r)]
+        mediastinum = np.median(band[:, int(0.46 * c):int(0.54 * c)])
+        lungs = np.median(np.concatenate([band[:, int(0.2 * c):int(0.3 * c)], band[:, int(0.7 * c):int(0.8 * c)]], axis=1))
+        assert mediastinum > lungs + 300, (row["study_id"], mediastinum, lungs)  # dense is bright, whatever the storage
+    assert len({b for b, _ in stored}) >= 2 and len({p for _, p in stored}) == 2, stored
+
+
+def test_a_v2_pneumothorax_darkens_the_film_where_its_mask_is():
+    from pipelines.synth.radiograph_v2 import chest_radiograph_v2
+
+    for i in range(3):
+        pos = chest_radiograph_v2(np.random.default_rng([72, i]), True, matrix=96)
+        neg = chest_radiograph_v2(np.random.default_rng([72, i]), False, matrix=96)
+        assert pos.mask.any() and not neg.mask.any() and pos.extra["projected_area_cm2"] > 0
+        # the same chest, exposure and storage (the finding has its own stream): where the air is,
+        # less is attenuated
+        sign = -1.0 if pos.extra["photometric"] == "MONOCHROME1" else 1.0
+        darker = sign * (float(np.median(neg.hu[pos.mask])) - float(np.median(pos.hu[pos.mask])))
+        assert darker > 0, (i, darker)
