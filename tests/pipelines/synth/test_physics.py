@@ -80,3 +80,21 @@ def test_a_v2_occlusion_leaves_its_segment_without_contrast_and_negatives_have_n
         # does not fill, the negative's does (its voxels, partial volume and all, read brighter)
         gap = float(np.median(clear.hu[occluded.mask]) - np.median(occluded.hu[occluded.mask]))
         assert gap > 40.0, (i, occluded.kind, gap)
+
+
+def test_v2_vault_density_varies_between_heads_and_within_one():
+    from pipelines.synth.common import grid
+    from pipelines.synth.head import _bone_density, _varied_head
+
+    medians, faint = [], []
+    for i in range(6):
+        rng = np.random.default_rng([44, i])
+        coords, _ = grid(rng, 2.5, 64)
+        hu, r, axes, _, dense = _varied_head(rng, coords)
+        skull = dense & (r >= 0.87)
+        _bone_density(rng, hu, skull)
+        medians.append(float(np.median(hu[skull])))
+        faint.append(float(np.percentile(hu[skull], 5)))
+    # a fracture model trained on one bone density (every vault's faintest bone above ~840 HU)
+    # called every fainter vault of another generator a fracture
+    assert max(medians) - min(medians) > 250 and min(faint) < 650, (medians, faint)
