@@ -263,3 +263,24 @@ def dciodvfy_errors(path: Path) -> list[str]:
         pytest.skip("dciodvfy (dicom3tools) is not installed")
     out = subprocess.run([tool, str(path)], capture_output=True, text=True)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def read_films(dataset: Path, rows: list[dict]):
+    """Each written radiograph of ``rows`` as the runtime decodes it: yields the row, its stored
+    (BitsStored, PhotometricInterpretation), and the median of the mediastinum and of the lungs
+    in a band across the upper chest (display scale, bright = dense)."""
+    import numpy as np
+
+    from triage.dicom import decode_series, scan_study
+
+    for row in rows:
+        (series,) = scan_study(dataset / "studies" / row["study_id"])[:1]
+        header = series.headers[0]
+        vol = decode_series(series)
+        assert vol.modality == "DX" and vol.array.shape[0] == 1
+        r, c = vol.array.shape[1:]
+        band = vol.array[0, int(0.35 * r):int(0.45 * r)]
+        mediastinum = float(np.median(band[:, int(0.47 * c):int(0.53 * c)]))
+        lungs = float(np.median(np.concatenate([band[:, int(0.2 * c):int(0.3 * c)], band[:, int(0.7 * c):int(0.8 * c)]],
+                                               axis=1)))
+        yield row, (int(header.BitsStored), str(header.PhotometricInterpretation)), mediastinum, lungs

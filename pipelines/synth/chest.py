@@ -198,6 +198,33 @@ def _effusion(rng, chest: Chest) -> np.ndarray:
     return (chest.heart_r >= 1.0) & (chest.heart_r < 1.0 + scale * dependent)
 
 
+def draw_finding(rng, chest: Chest, hu: np.ndarray, finding: str, spare: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, str]:
+    """Draw one ``finding`` into ``chest`` (its values written into ``hu``); returns its mask and
+    kind. ``spare``: voxels a pneumothorax leaves alone (pleural fluid lies below the air)."""
+    if finding == "pneumothorax":
+        mask, kind = pleural_air(rng, chest)
+        if spare is not None:
+            mask &= ~spare
+        hu[mask] = -1000.0  # no lung markings in the pleural air
+        return mask, kind
+    if finding == "pe":
+        for _ in range(10):  # a segmental clot can fall between the voxels of a coarse grid
+            mask, kind = _pe(rng, chest)
+            if mask.sum() >= 3:
+                break
+        hu[mask] = rng.uniform(20, 60)
+        return mask, kind
+    if finding == "aortic_dissection":
+        flap, false_lumen, kind = _dissection(rng, chest)
+        hu[false_lumen] *= rng.uniform(0.5, 0.8)  # slower flow: less contrast
+        hu[flap] = rng.uniform(60, 110)
+        return flap | false_lumen, f"stanford_{kind}"
+    mask = _effusion(rng, chest)
+    hu[mask] = rng.uniform(0, 20)
+    return mask, "pericardial_effusion"
+
+
 def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, matrix: int = 128,
              thickness: float | None = None) -> Phantom:
     """A chest CT for one finding: with contrast for ``pe`` (CT pulmonary angiography) and
@@ -210,28 +237,7 @@ def chest_ct(rng: np.random.Generator, positive: bool, *, finding: str, matrix: 
                            tilt_deg=(5.0, 5.0), shift_mm=15.0)
     chest = Chest(rng, coords)
     hu = chest.hu(rng, contrast, opacified_markings=finding in OPACIFIED_LUNG_VESSELS)
-    mask = np.zeros(hu.shape, bool)
-    kind = "none"
-    if positive:
-        if finding == "pneumothorax":
-            mask, kind = pleural_air(rng, chest)
-            hu[mask] = -1000.0  # no lung markings in the pleural air
-        elif finding == "pe":
-            for _ in range(10):  # a segmental clot can fall between the voxels of a coarse grid
-                mask, kind = _pe(rng, chest)
-                if mask.sum() >= 3:
-                    break
-            hu[mask] = rng.uniform(20, 60)
-        elif finding == "aortic_dissection":
-            flap, false_lumen, kind = _dissection(rng, chest)
-            hu[false_lumen] *= rng.uniform(0.5, 0.8)  # slower flow: less contrast
-            hu[flap] = rng.uniform(60, 110)
-            mask = flap | false_lumen
-            kind = f"stanford_{kind}"
-        else:
-            mask = _effusion(rng, chest)
-            hu[mask] = rng.uniform(0, 20)
-            kind = "pericardial_effusion"
+    mask, kind = draw_finding(rng, chest, hu, finding) if positive else (np.zeros(hu.shape, bool), "none")
     hu += rng.normal(0, rng.uniform(6, 18), hu.shape).astype(np.float32)
     lesion_ml = float(mask.sum() * np.prod(spacing) / 1000)
     return Phantom(hu=hu, spacing_zyx=spacing, mask=mask, label=int(positive), finding=finding, kind=kind,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.synth.chest import (CONTRAST, DESCRIPTION, FINDINGS, OPACIFIED_LUNG_VESSELS, THICKNESSES, Chest,
-                                   _dissection, _effusion, _pe, pleural_air)
+                                   draw_finding)
 from pipelines.synth.common import Phantom, grid, index_box, smooth_noise, tube
 from pipelines.synth.physics import acquire, support
 
@@ -193,29 +193,8 @@ def chest_ct_v2(rng: np.random.Generator, positive: bool, *, finding: str, matri
     chest = VariedChest(rng, coords)
     phase = str(rng.choice(PHASES[:2] if finding == "pe" else PHASES[1:])) if contrast else "none"
     hu = chest.hu(rng, contrast, opacified_markings=finding in OPACIFIED_LUNG_VESSELS, phase=phase)
-    mask = np.zeros(hu.shape, bool)
-    kind = "none"
-    if positive:
-        if finding == "pneumothorax":
-            mask, kind = pleural_air(rng, chest)
-            mask &= ~chest.pleural_fluid  # fluid lies below the air (a hydropneumothorax)
-            hu[mask] = -1000.0
-        elif finding == "pe":
-            for _ in range(10):
-                mask, kind = _pe(rng, chest)
-                if mask.sum() >= 3:
-                    break
-            hu[mask] = rng.uniform(20, 60)
-        elif finding == "aortic_dissection":
-            flap, false_lumen, kind = _dissection(rng, chest)
-            hu[false_lumen] *= rng.uniform(0.5, 0.8)
-            hu[flap] = rng.uniform(60, 110)
-            mask = flap | false_lumen
-            kind = f"stanford_{kind}"
-        else:
-            mask = _effusion(rng, chest)
-            hu[mask] = rng.uniform(0, 25)
-            kind = "pericardial_effusion"
+    mask, kind = draw_finding(rng, chest, hu, finding, spare=chest.pleural_fluid) if positive \
+        else (np.zeros(hu.shape, bool), "none")
     outside = hu <= -999.0
     outside &= ~chest.cavity & ~chest.body  # the air around the patient, not in it
     clothing = outside & ~(chest.breasts | chest.arms)

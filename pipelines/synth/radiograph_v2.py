@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.synth.chest import pleural_air
+from pipelines.synth.chest import draw_finding
 from pipelines.synth.chest_v2 import VariedChest
 from pipelines.synth.common import Phantom, grid
 from pipelines.synth.physics import blur
@@ -61,9 +61,7 @@ def chest_radiograph_v2(rng: np.random.Generator, positive: bool, *, finding: st
     air = np.zeros(hu.shape, bool)
     kind = "none"
     if positive:
-        air, kind = pleural_air(lesion_rng, chest)
-        air &= ~chest.pleural_fluid
-        hu[air] = -1000.0
+        air, kind = draw_finding(lesion_rng, chest, hu, "pneumothorax", spare=chest.pleural_fluid)
     mu = MU_WATER * np.clip(1.0 + hu / 1000.0, 0.0, None)
     path = (mu.sum(axis=1) * spacing[1])[::-1]  # along y (front to back); rows from the head down
     projected_air = air.any(axis=1)[::-1]
