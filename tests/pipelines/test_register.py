@@ -28,8 +28,8 @@ def test_targets_beyond_our_generator_are_met_only_at_0_90_and_no_real_positive(
 
 
 def test_demotion_puts_a_live_model_in_shadow_and_keeps_its_verified_artifact(tmp_path):
-    folder = tmp_path / "lvo"  # one that meets every target on our own held-out phantoms
-    shutil.copytree(DEFAULT_MODELS / "lvo", folder)
+    folder = tmp_path / "aortic_dissection"  # one that meets every target on our own held-out phantoms
+    shutil.copytree(DEFAULT_MODELS / "aortic_dissection", folder)
     update_manifest(folder, mode="live")  # as registered from its held-out figures alone
     card = folder / "card.md"
     card.write_text(card.read_text().replace(_BEYOND, ""))
