@@ -78,6 +78,7 @@ def chest_radiograph_v2(rng: np.random.Generator, positive: bool, *, finding: st
         shutter = np.ones(image.shape, bool)
         shutter[top:bottom, left:right] = False
         image[shutter] = 1.0
+        air2d &= ~shutter  # air behind a shutter is not on the film
     if rng.random() < 0.7:  # a lead side marker near a top corner
         r0, c0 = int(rng.integers(4, max(5, rows // 8))), int(rng.choice([rng.integers(4, cols // 8), cols - cols // 8]))
         image[r0:r0 + 8, c0:c0 + 6] = 1.0
