@@ -428,11 +428,34 @@ def _varied_occlusion(rng) -> tuple[str, dict[str, float]]:
     return f"M2{branch}_{side}", {f"M2{branch}_{side}": float(rng.uniform(0.0, 0.4))}
 
 
+def _deep_veins(rng, coords, axes) -> tuple[np.ndarray, np.ndarray]:
+    """What else fills with contrast in a real CTA, away from the skull: the internal cerebral
+    veins, the vein of Galen and the straight sinus (the deep venous system, head frame in mm),
+    and the choroid plexus in the atria of the lateral ventricles. Returns (veins, plexus)."""
+    b = axes[1]
+    torcular = (-rng.uniform(5, 20), 0.9 * b, 0.0)
+    galen_start = (rng.uniform(4, 8), rng.uniform(13, 18), 0.0)
+    galen_end = (galen_start[0] + rng.uniform(3, 6), galen_start[1] + rng.uniform(8, 12), 0.0)
+    veins = tube(coords, galen_start, galen_end, rng.uniform(2.0, 3.2))[0]
+    veins |= tube(coords, galen_end, torcular, rng.uniform(1.8, 2.8))[0]  # straight sinus
+    for side in (-1, 1):  # internal cerebral veins, from the foramen of Monro back to Galen
+        veins |= tube(coords, (rng.uniform(8, 12), rng.uniform(-10, -6), side * 2.0),
+                      (galen_start[0], galen_start[1], side * 1.0), rng.uniform(1.0, 1.6))[0]
+    z, y, x = coords
+    plexus = np.zeros(z.shape, bool)
+    for side in (-1, 1):
+        centre = (rng.uniform(5, 11), rng.uniform(10, 18), side * rng.uniform(13, 19))
+        size = rng.uniform(2.5, 4.5, 3)
+        plexus |= (((z - centre[0]) / size[0]) ** 2 + ((y - centre[1]) / (1.5 * size[1])) ** 2
+                   + ((x - centre[2]) / size[2]) ** 2) < 1
+    return veins, plexus
+
+
 def head_cta_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128, thickness: float | None = None) -> Phantom:
     """Head CT angiography with normal variation and scanner physics: the varied head of
     :func:`_varied_head`, a tree that varies (:func:`_varied_tree`), contrast timing from early
-    arterial to venous (arteries 150–500 HU; the venous sinuses from barely to as bright as the
-    arteries), calcified plaque in the carotid siphons. Positive studies carry one occlusion
+    arterial to venous (arteries 200–500 HU; the venous sinuses and deep veins from barely to as
+    bright as the arteries; an enhancing choroid plexus), calcified plaque in the carotid siphons. Positive studies carry one occlusion
     (:func:`_varied_occlusion`; mask = the segments that do not fill)."""
     thickness = thickness or float(rng.choice(THICKNESSES[:3]))
     coords, spacing = _v2_grid(rng, thickness, matrix)
@@ -441,9 +464,12 @@ def head_cta_v2(rng: np.random.Generator, positive: bool, *, matrix: int = 128, 
     tree = _varied_tree(rng, axes)
     site, unfilled = _varied_occlusion(rng) if positive else ("none", {})
     vessels, occluded = _arteries(coords, None, rng, tree, unfilled)
-    arterial = rng.uniform(150, 500)
+    arterial = rng.uniform(200, 500)
     venous = rng.uniform(0.2, 1.0)  # how far into the venous phase: sinuses fill as arteries fade
     hu[parts["venous"]] = 50 + (arterial - 50) * venous
+    deep, plexus = _deep_veins(rng, coords, axes)
+    hu[deep] = 50 + (arterial - 50) * venous
+    hu[plexus] = 40 + (arterial - 50) * rng.uniform(0.15, 0.4)  # the choroid plexus enhances
     hu[vessels] = arterial * (1.1 - 0.3 * venous)
     hu[occluded] = rng.uniform(25, 60)  # no contrast beyond the clot
     if site[:2] in ("IC", "M1") and rng.random() < 0.4:  # collaterals: the M2 branches fill faintly

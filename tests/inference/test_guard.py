@@ -185,6 +185,26 @@ def test_an_envelope_survives_the_manifest_and_a_broken_one_is_refused(tmp_path)
             load_manifest(folder)
 
 
+def test_a_head_in_its_holder_is_no_chest():
+    """A head lying in a cradle, with air between them and a holder brighter than unenhanced
+    blood: the air is no lung and the holder no vessel. Its vessels read as they are, with
+    contrast and without."""
+    from triage.inference.guard import measure
+
+    head = np.full((20, 96, 96), -1000.0, np.float32)
+    yy, xx = np.ogrid[:96, :96]
+    r = np.hypot(yy - 40, xx - 48)
+    head[:, r < 28] = 1200.0  # the skull
+    head[:, r < 24] = 35.0  # brain
+    cradle = (np.hypot(yy - 40, xx - 48) < 40) & (np.hypot(yy - 40, xx - 48) >= 36) & (yy > 40)
+    head[:, cradle] = 250.0  # a plastic holder, under and beside the head
+    head[:, (r >= 28) & (r < 36) & (yy > 40)] = -1000.0  # the air between them, open at the sides
+    plain = measure(head, (2.5, 2.0, 2.0), "CT").vessel_hu
+    assert plain < 80  # the brain's own, not the holder's 250 or the chest branch's guess
+    head[:, 30:33, 40:56] = 300.0  # opacified arteries, away from the bone
+    assert measure(head, (2.5, 2.0, 2.0), "CT").vessel_hu == pytest.approx(300.0)
+
+
 def test_the_measures_are_the_image_own():
     """A chest CT's blood reads as its HU, and so do a head's arteries with air in its mastoids; a
     radiograph's clipping is the share outside the window."""

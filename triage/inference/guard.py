@@ -135,10 +135,11 @@ _MIN_LUNG_SHARE = 0.08
 def _vessel_hu(sample: np.ndarray, body: np.ndarray, step_mm: list[float], posterior_rows: bool) -> float | None:
     """How bright the blood is. In a chest: the upper quartile of the soft tissue between the
     lungs, in the front of the mediastinum (heart chambers, aortic root, pulmonary trunk; the
-    spine behind is left out). Elsewhere (a head): the brightest soft tissue not next to bone."""
+    spine behind is left out). Elsewhere (a head): the brightest soft tissue inside the bone and
+    not next to it (a head holder or the table can read brighter than unenhanced blood)."""
     if not posterior_rows:
         sample, body = sample[:, ::-1], body[:, ::-1]
-    lungs = body & (sample < -400)
+    lungs = body & (sample < -400) & ~_open_air(sample)
     if lungs.sum() >= _MIN_LUNG_SHARE * body.sum():
         mediastinum = body & ~lungs & _between(lungs, 2) & (sample >= -20) & (sample <= 600)
         rows = np.arange(sample.shape[1])[None, :, None]
@@ -148,8 +149,25 @@ def _vessel_hu(sample: np.ndarray, body: np.ndarray, step_mm: list[float], poste
         front = mediastinum & (rows <= first + 0.6 * (last - first))
         if front.sum() >= _MIN_MEDIASTINUM:
             return float(np.percentile(sample[front], 75))
-    soft = body & (sample >= -100) & (sample <= 600) & ~_dilate(sample > _BONE_HU, step_mm, _NEAR_BONE_MM)
+    bone = sample > _BONE_HU
+    soft = body & (sample >= -100) & (sample <= 600) & ~_dilate(bone, step_mm, _NEAR_BONE_MM)
+    inside = soft & _between(bone, 1) & _between(bone, 2)  # within the skull: not the scalp or a holder
+    soft = inside if inside.sum() >= _MIN_MEDIASTINUM else soft
     return float(np.percentile(sample[soft], 99.9)) if soft.any() else None
+
+
+def _open_air(sample: np.ndarray) -> np.ndarray:
+    """Air that reaches the sides of the image through air (3-D, face-connected): the room, and
+    the gap between a head and its holder or a patient and the table, which `_fill` counts as
+    inside the body. Lungs are closed by the chest wall; the trachea leaves only through the
+    top or bottom slice, which does not count."""
+    import SimpleITK as sitk
+
+    air = np.ascontiguousarray(sample <= _BODY_HU, dtype=np.uint8)
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(air), False))
+    sides = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
+                                      labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    return np.isin(labels, sides[sides > 0])
 
 
 def _dilate(mask: np.ndarray, step_mm: list[float], radius_mm: float) -> np.ndarray:
