@@ -242,11 +242,13 @@ def _apply_band(array: np.ndarray, axis: int, idx: np.ndarray, w: np.ndarray, ou
     shape[axis] = idx.shape[0]
     out = np.empty([idx.shape[0] if a == axis else n for a, n in enumerate(array.shape)], np.float32)
     out[...] = (np.float32(pad) * outside.astype(np.float32)).reshape(shape)
+    term = np.empty_like(out)  # one buffer for every tap: fresh memory per tap cost a third more
     for t in range(idx.shape[1]):
         weight = w[:, t].astype(np.float32)
         if not weight.any():
             continue
-        out += np.take(array, idx[:, t], axis=axis) * weight.reshape(shape)
+        np.multiply(np.take(array, idx[:, t], axis=axis), weight.reshape(shape), out=term)
+        out += term
     return out
 
 
@@ -259,7 +261,10 @@ def resample_physical(array: np.ndarray, spacing_zyx: tuple[float, float, float]
     image. ``cache`` as for :func:`resample`: steps shared between specs are done once."""
     pad = spec.pad_value if pad is None else pad
     ratios = [s_out / s_in for s_out, s_in in zip(spec.spacing_mm, spacing_zyx)]
-    order = sorted(range(3), key=lambda ax: (-ratios[ax], ax))
+    # shrinking axes first, z before y before x, as in `resample`: a step along z copies whole
+    # slices. Shrinking the most first sent lvo's 2x2 mm grid along y first on a 0.47 mm head,
+    # three times slower on a 300-slice CT than z first.
+    order = sorted(range(3), key=lambda ax: (ratios[ax] <= 1, ax))
     out, steps = array, []
     for axis in order:
         n_out, ratio = spec.shape[axis], ratios[axis]
