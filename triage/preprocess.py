@@ -263,7 +263,7 @@ def resample_physical(array: np.ndarray, spacing_zyx: tuple[float, float, float]
     ratios = [s_out / s_in for s_out, s_in in zip(spec.spacing_mm, spacing_zyx)]
     # shrinking axes first, z before y before x, as in `resample`: a step along z copies whole
     # slices. Shrinking the most first sent lvo's 2x2 mm grid along y first on a 0.47 mm head,
-    # three times slower on a 300-slice CT than z first.
+    # two to three times slower on a 300-slice CT than z first.
     order = sorted(range(3), key=lambda ax: (ratios[ax] <= 1, ax))
     out, steps = array, []
     for axis in order:
