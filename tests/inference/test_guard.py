@@ -196,7 +196,7 @@ def test_a_head_in_its_holder_is_no_chest():
     r = np.hypot(yy - 40, xx - 48)
     head[:, r < 28] = 1200.0  # the skull
     head[:, r < 24] = 35.0  # brain
-    cradle = (np.hypot(yy - 40, xx - 48) < 40) & (np.hypot(yy - 40, xx - 48) >= 36) & (yy > 40)
+    cradle = (r < 40) & (r >= 36) & (yy > 40)
     head[:, cradle] = 250.0  # a plastic holder, under and beside the head
     head[:, (r >= 28) & (r < 36) & (yy > 40)] = -1000.0  # the air between them, open at the sides
     plain = measure(head, (2.5, 2.0, 2.0), "CT").vessel_hu

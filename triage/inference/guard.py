@@ -139,7 +139,9 @@ def _vessel_hu(sample: np.ndarray, body: np.ndarray, step_mm: list[float], poste
     not next to it (a head holder or the table can read brighter than unenhanced blood)."""
     if not posterior_rows:
         sample, body = sample[:, ::-1], body[:, ::-1]
-    lungs = body & (sample < -400) & ~_open_air(sample)
+    lungs = body & (sample < -400)
+    if lungs.sum() >= _MIN_LUNG_SHARE * body.sum():  # enough air inside to be a chest: is it closed?
+        lungs &= ~_open_air(sample)
     if lungs.sum() >= _MIN_LUNG_SHARE * body.sum():
         mediastinum = body & ~lungs & _between(lungs, 2) & (sample >= -20) & (sample <= 600)
         rows = np.arange(sample.shape[1])[None, :, None]
