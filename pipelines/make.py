@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,9 +67,10 @@ def compare_with_committed(committed: Path, result: dict, tolerance: dict | None
 
 
 def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bool = False,
-        progress: bool = True, data: Path | None = None) -> dict:
+        progress: bool = True, data: Path | None = None, keep_data: bool = False) -> dict:
     """The lifecycle for one model; ``data``: an existing dataset folder (train/, val/, test/)
-    to use instead of generating phantoms."""
+    to use instead of generating phantoms. Once the model is registered, the phantoms it generated
+    are removed (2-6 GB a model) unless ``keep_data``; checkpoints and the evaluation stay."""
     started = time.perf_counter()
     cfg = load_config(CONFIGS / f"{name}.yaml")
     if small:
@@ -137,6 +139,11 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     print(f"{name}: AUC {result['auc']:.3f}, assessable {result['guard']['assessable_rate']:.1%}, "
           f"parity {result['parity_max_abs_diff']:.1e}, registered in {folder} "
           f"({result['make_seconds']} s on {result['make_cores']} cores)")
+    if not keep_data:
+        generated = [] if own_data else [data]
+        for folder_ in generated + [work / "external" / "independent"]:
+            shutil.rmtree(folder_, ignore_errors=True)
+        print(f"  removed the generated phantoms under {work} (--keep-data keeps them)")
     return result
 
 
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=Path("models"), help="where to register (default: models/)")
     p.add_argument("--small", action="store_true", help="a tiny run: a few small studies, one epoch")
     p.add_argument("--resume", action="store_true", help="reuse generated data and continue training")
+    p.add_argument("--keep-data", action="store_true", help="keep the generated phantoms once the model is "
+                   "registered (default: remove them; they take 2-6 GB a model)")
     p.add_argument("--data", type=Path, help="your own dataset folder with train/, val/ and test/ splits in the "
                    "layout of pipelines/synth/write.py (default: generate phantoms)")
     p.add_argument("--recheck", action="store_true", help="train nothing: measure the registered model beyond our "
@@ -178,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "our own generator"))
         return 0
     run(args.model, args.work or Path(".cache/train") / args.model, args.models, args.small, args.resume,
-        data=args.data)
+        data=args.data, keep_data=args.keep_data)
     return 0
 
 

@@ -26,7 +26,7 @@ from triage.settings import Settings  # noqa: E402
 def tiny_run(factory, name: str):
     """The whole lifecycle for ``name`` on a few tiny phantoms: (work folder, models folder, result)."""
     work, models = factory.mktemp(f"work-{name}"), factory.mktemp(f"models-{name}")
-    return work, models, run(name, work, models, small=True, progress=False)
+    return work, models, run(name, work, models, small=True, progress=False, keep_data=True)
 
 
 def score_a_test_study(work, models):
@@ -116,7 +116,7 @@ def test_a_resumed_run_judged_on_a_new_test_split_generates_that_split_and_keeps
     shutil.copytree(radiograph[1], models)
     kept = {split: (work / "data" / split / "labels.csv").stat().st_mtime_ns for split in ("train", "val")}
     monkeypatch.setitem(SMALL, "data.test", {"n": 4, "seed": 99})
-    result = run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False)
+    result = run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False, keep_data=True)
     assert [r["study_id"][:4] for r in read_labels(work / "data" / "test")] == ["s99-"] * 4
     assert {split: (work / "data" / split / "labels.csv").stat().st_mtime_ns for split in kept} == kept
     assert result["n_test"] == 4
@@ -124,6 +124,17 @@ def test_a_resumed_run_judged_on_a_new_test_split_generates_that_split_and_keeps
     # the registered figures came from test seed 3: not a reproduction to judge within tolerance
     assert result["test_split"]["seed"] == 99 and result["reproduction"] == []
     assert "not compared with" in capsys.readouterr().out
+
+
+def test_a_finished_run_removes_the_phantoms_it_generated_and_keeps_the_model(radiograph, tmp_path):
+    work, models = tmp_path / "work", tmp_path / "models"
+    shutil.copytree(radiograph[0], work)
+    shutil.copytree(radiograph[1], models)
+    assert (work / "data" / "train" / "labels.csv").exists() and (work / "external" / "independent").is_dir()
+    run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False)
+    assert not (work / "data").exists() and not (work / "external" / "independent").exists()
+    assert (work / "eval" / "eval.json").exists() and any((work / "run").iterdir())
+    assert load_manifest(models / "pneumothorax_cxr").name == "pneumothorax_cxr"
 
 
 def test_reproduction_compares_figures_only_on_the_same_test_split(tmp_path):
