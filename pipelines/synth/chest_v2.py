@@ -137,8 +137,39 @@ class VariedChest(Chest):
                 shell |= tube(coords, p0, p1, self.aorta_radius + 1.5)[0]
             self.calcium |= shell & ~self.aorta & (smooth_noise(rng, z.shape, 8.0) > rng.uniform(0.3, 0.6))
         # the superior vena cava, right of the aorta, down into the heart
-        self.svc = tube(coords, (200.0, -0.1 * B, -0.15 * A), (self.aorta_path[0][0], -0.2 * B, -0.1 * A),
-                        rng.uniform(8, 11))[0] & ~self.aorta
+        self.svc_path = ((200.0, -0.1 * B, -0.15 * A), (self.aorta_path[0][0], -0.2 * B, -0.1 * A))
+        self.svc_radius = rng.uniform(8, 11)
+        self.svc = tube(coords, *self.svc_path, self.svc_radius)[0] & ~self.aorta
+
+    def _vessel_walls(self, rng: np.random.Generator) -> np.ndarray:
+        """The walls of the aorta, the central pulmonary arteries and the superior vena cava (1-2.5
+        mm of soft tissue), where they lie in the mediastinum. On angiography a wall is a grey rim
+        against fat, and where two opacified vessels touch, a grey septum between two lumens of
+        different contrast: the pseudo-flap a reader must not call a dissection."""
+        coords = self.coords
+        wall = np.zeros(coords[0].shape, bool)
+        w = rng.uniform(1.0, 2.5)
+        for p0, p1 in zip(self.aorta_path, self.aorta_path[1:]):
+            wall |= tube(coords, p0, p1, self.aorta_radius + w)[0]
+        for level, p0, p1, radius in self.pa_segments:
+            if level == "central":
+                wall |= tube(coords, p0, p1, radius + rng.uniform(0.8, 1.5))[0]
+        wall |= tube(coords, *self.svc_path, self.svc_radius + rng.uniform(0.8, 1.5))[0]
+        lumens = self.aorta | self.pa | self.svc | self.chambers
+        return wall & self.cavity & ~lumens & ~self.lung & ~self.airway_wall & ~self.calcium
+
+    def _root_motion(self, rng: np.random.Generator) -> np.ndarray:
+        """Pulsation artefact at the aortic root, the commonest mimic of a type A dissection: the
+        root is imaged in two places during the heartbeat, and the ghost of its wall runs as a curved
+        grey line through the lumen. Returns the ghost's wall inside the lower ascending aorta."""
+        p0, p1 = (np.asarray(p, np.float32) for p in self.aorta_path[:2])
+        top = p0 + (p1 - p0) * np.float32(rng.uniform(0.3, 0.7))  # the root and the ascending aorta's start
+        angle = rng.uniform(0, 2 * np.pi)
+        shift = np.float32(rng.uniform(2.0, 6.0)) * np.array([0.0, np.sin(angle), np.cos(angle)], np.float32)
+        r, half = self.aorta_radius, rng.uniform(0.6, 1.2)
+        ghost = tube(self.coords, p0 + shift, top + shift, r + half)[0] & ~tube(self.coords, p0 + shift, top + shift,
+                                                                                  r - half)[0]
+        return ghost & self.aorta
 
     def hu(self, rng: np.random.Generator, contrast: bool, opacified_markings: bool = False,
            phase: str = "pulmonary") -> np.ndarray:
@@ -175,7 +206,11 @@ class VariedChest(Chest):
                 out[self.markings & self.lung & ~self.pa] = peak * pa
             out[self.aorta] = peak * aorta
             out[self.chambers] = peak * 0.5 * (pa + aorta)
-            out[self.svc] = rng.uniform(800, 2500) if phase == "pulmonary" and rng.random() < 0.6 else peak * 0.6
+            # injected through an arm vein: the vena cava is still dense in the early phases
+            out[self.svc] = rng.uniform(800, 2500) if phase != "venous" and rng.random() < 0.6 else peak * 0.6
+            out[self._vessel_walls(rng)] = rng.uniform(30, 60)
+            if rng.random() < 0.35:
+                out[self._root_motion(rng)] = peak * aorta * rng.uniform(0.35, 0.7)
         return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.synth.chest_v2 import VariedChest, chest_ct_v2
-from pipelines.synth.common import grid
+from pipelines.synth.common import grid, tube
 
 
 def chests(n: int, seed: int = 61):
@@ -57,3 +57,28 @@ def test_contrast_timing_varies_which_arteries_are_brightest():
         assert min(pa, aorta) > 90, (phase, pa, aorta)  # both opacified
         brighter.add((phase, "pa" if pa > aorta else "aorta"))
     assert brighter == {("pulmonary", "pa"), ("aortic", "aorta")}, brighter
+
+
+def test_angiography_negatives_carry_the_mimics_of_a_dissection_unlabelled():
+    """Vessel walls (a grey septum where two lumens touch), a dense vena cava in the early phases,
+    and the aortic root's pulsation ghost: what a reader must not call a flap."""
+    walls, dense_svc, ghosts = 0, 0, 0
+    for i in range(8):
+        rng = np.random.default_rng([65, i])
+        coords, _ = grid(rng, 2.5, 96, fov_mm=380.0, coverage_mm=(260.0, 300.0))
+        chest = VariedChest(rng, coords)
+        hu = chest.hu(rng, contrast=True, phase="aortic")
+        # the aorta's outer surface, within 0.9 mm, where it lies in the mediastinum (not against
+        # the lung, an airway, a calcified plaque or another vessel): a 30-60 HU wall, not fat
+        shell = np.zeros(hu.shape, bool)
+        for p0, p1 in zip(chest.aorta_path, chest.aorta_path[1:]):
+            shell |= tube(coords, p0, p1, chest.aorta_radius + 0.9)[0]
+        others = chest.aorta | chest.pa | chest.svc | chest.chambers | chest.lung | chest.airway_wall | chest.calcium
+        shell &= chest.cavity & ~others
+        walls += int(((hu[shell] >= 30) & (hu[shell] <= 60)).mean() > 0.95)
+        dense_svc += int(np.median(hu[chest.svc]) > 700)
+        lumen = float(np.median(hu[chest.aorta]))
+        ghosts += int((chest.aorta & (hu < 0.75 * lumen) & (hu > 0.3 * lumen)).sum() > 5)
+    assert walls == 8 and 1 <= dense_svc <= 7 and 1 <= ghosts <= 7, (walls, dense_svc, ghosts)
+    neg = chest_ct_v2(np.random.default_rng([66, 0]), False, finding="aortic_dissection", matrix=64, thickness=5.0)
+    assert not neg.mask.any() and neg.label == 0
