@@ -27,7 +27,10 @@ from triage.preprocess import resample
 def _processed(rng: np.random.Generator, path: np.ndarray, pixel: float) -> np.ndarray:
     """A line-integral image [rows, cols] as a detector records it and its software shows it:
     0 (no attenuation) .. 1 (the full scale), bright = dense."""
-    photons = float(rng.uniform(2e3, 3e4))
+    # quanta reaching a pixel with nothing in the way: a chest film's dose gives about 1e5-1e6 per mm²
+    # of detector, so a pixel of this size (1.6-1.9 mm at matrix 256) holds hundreds of thousands;
+    # behind the mediastinum, e^-4 of that
+    photons = float(np.exp(rng.uniform(np.log(3e4), np.log(3e5)))) * pixel * pixel
     primary = photons * np.exp(-path)
     gridded = rng.random() < 0.7
     ratio = rng.uniform(0.1, 0.3) if gridded else rng.uniform(0.4, 1.0)  # scatter to primary
@@ -46,6 +49,16 @@ def _processed(rng: np.random.Generator, path: np.ndarray, pixel: float) -> np.n
     return np.clip(measured / FULL_SCALE, 0, 1) ** np.float32(rng.uniform(0.7, 1.3))  # the tone curve
 
 
+def _collapse(lung: np.ndarray, air: np.ndarray, hu: np.ndarray) -> None:
+    """The lung a pneumothorax leaves keeps its tissue in less volume: denser, so its edge (where
+    the visceral pleura lies) stands against the pleural air."""
+    kept = int(lung.sum())
+    if not kept or not air.any():
+        return
+    squeeze = (kept + int(air.sum())) / kept
+    hu[lung] = np.minimum(-1000.0 + (hu[lung] + 1000.0) * np.float32(squeeze), 0.0)
+
+
 def chest_radiograph_v2(rng: np.random.Generator, positive: bool, *, finding: str = "pneumothorax",
                         matrix: int = 256, thickness: float | None = None) -> Phantom:
     """A chest radiograph ``matrix`` pixels wide; positive studies have a pneumothorax (mask = the
@@ -62,6 +75,7 @@ def chest_radiograph_v2(rng: np.random.Generator, positive: bool, *, finding: st
     kind = "none"
     if positive:
         air, kind = draw_finding(lesion_rng, chest, hu, "pneumothorax", spare=chest.pleural_fluid)
+        _collapse(chest.lungs[kind] & ~air, air, hu)
     mu = MU_WATER * np.clip(1.0 + hu / 1000.0, 0.0, None)
     path = (mu.sum(axis=1) * spacing[1])[::-1]  # along y (front to back); rows from the head down
     projected_air = air.any(axis=1)[::-1]
