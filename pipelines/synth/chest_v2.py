@@ -10,7 +10,11 @@ model reading chests must not call a finding:
   at the sides, fat and muscle walls of varying thickness;
 - dense things: calcified coronary arteries and aortic wall, and on angiography a dense superior
   vena cava (its streaks come from the scanner model's beam hardening);
-- contrast timing from pulmonary arterial through aortic to venous phase.
+- contrast timing from pulmonary arterial through aortic to venous phase, the right heart filling
+  with the pulmonary arteries and the left with the aorta;
+- what angiography shows that is no flap or clot: vessel walls (a septum where two lumens touch),
+  pulsation at the aortic root, and the spine's cancellous bone inside its cortex, with discs and
+  the arch round the canal.
 
 Scanner physics (kernel, slice profile, correlated noise, HU drift, reconstruction circle and
 padding, beam hardening, metal) is :func:`pipelines.synth.physics.acquire`. The findings are
@@ -140,6 +144,41 @@ class VariedChest(Chest):
         self.svc_path = ((200.0, -0.1 * B, -0.15 * A), (self.aorta_path[0][0], -0.2 * B, -0.1 * A))
         self.svc_radius = rng.uniform(8, 11)
         self.svc = tube(coords, *self.svc_path, self.svc_radius)[0] & ~self.aorta
+        self._vertebrae(rng.spawn(1)[0])
+
+    def _vertebrae(self, rng: np.random.Generator) -> None:
+        """The spine as patients have it: vertebral bodies of cancellous bone in a cortical shell,
+        with discs between them, and the posterior arch (pedicles, laminae, spinous process) that
+        rings the canal. The v1 spine was one solid cylinder with the canal in soft tissue behind it,
+        and models took the grey inside bright bone they had never met for a flap or a clot. Drawn
+        from its own stream (``rng``): everything else in the chest stays as it was."""
+        z, y, x = self.coords
+        sy = float(y[self.spine].mean()) if self.spine.any() else 0.6 * self.B
+        rr = np.sqrt(x ** 2 + (y - sy) ** 2)
+        radius = float(rr[self.spine].max()) if self.spine.any() else 18.0
+        period, phase, disc_mm = rng.uniform(22, 28), rng.uniform(0, 1), rng.uniform(4, 7)
+        level = ((z / period + phase) % 1.0) * period  # mm into this vertebra, from the disc below it
+        shell = rng.uniform(1.5, 3.0)
+        self.discs = self.spine & (level < disc_mm)
+        self.vertebral_cortex = self.spine & ~self.discs & ((rr > radius - shell) | (level < disc_mm + shell)
+                                                            | (level > period - shell))
+        cr = np.sqrt(x ** 2 + (y - sy - 26) ** 2)  # around the canal (pipelines.synth.chest.Chest)
+        arch = (cr >= 8) & (cr < 8 + rng.uniform(3, 6))
+        arch |= (np.abs(x) < rng.uniform(2.5, 4.5)) & (y > sy + 30) & (y < sy + 34 + rng.uniform(12, 28))
+        self.arch = arch & self.body & ~self.spine & ~self.canal & ~self.lung
+        self.bone_values = {"cortex": rng.uniform(600, 1100), "cancellous": rng.uniform(80, 300),
+                            "disc": rng.uniform(60, 110), "arch": rng.uniform(400, 900)}
+
+    def _heart_sides(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The right heart (in front and to the patient's right of a plane through the heart) and
+        the septum (a few mm either side of that plane)."""
+        z, y, x = self.coords
+        centre = [float(c[self.heart].mean()) for c in self.coords] if self.heart.any() else [0.0, 0.0, 0.0]
+        turn, tilt = rng.uniform(np.pi / 4 - 0.4, np.pi / 4 + 0.4), rng.uniform(-0.3, 0.3)
+        normal = np.array([np.sin(tilt), -np.cos(tilt) * np.sin(turn), -np.cos(tilt) * np.cos(turn)], np.float32)
+        offset = (z - centre[0]) * normal[0] + (y - centre[1]) * normal[1] + (x - centre[2]) * normal[2]
+        offset -= np.float32(rng.uniform(-6, 6))
+        return offset > 0, np.abs(offset) < rng.uniform(2.0, 5.0)
 
     def _vessel_walls(self, rng: np.random.Generator) -> np.ndarray:
         """The walls of the aorta, the central pulmonary arteries and the superior vena cava (1-2.5
@@ -195,6 +234,11 @@ class VariedChest(Chest):
         out[self.atelectasis] = rng.uniform(-300, 30)
         out[self.pleural_fluid] = rng.uniform(0, 20)
         out[self.calcium] = rng.uniform(300, 1000)
+        bone = self.bone_values
+        out[self.spine] = bone["cancellous"]
+        out[self.vertebral_cortex] = bone["cortex"]
+        out[self.discs] = bone["disc"]
+        out[self.arch] = bone["arch"]
         out[self.airway_wall & ~self.airway & ~self.lung] = 40.0
         out[self.airway] = -1000.0
         if contrast:  # contrast timing: the pulmonary arteries and the aorta fill at different times
@@ -205,7 +249,12 @@ class VariedChest(Chest):
             if opacified_markings:
                 out[self.markings & self.lung & ~self.pa] = peak * pa
             out[self.aorta] = peak * aorta
-            out[self.chambers] = peak * 0.5 * (pa + aorta)
+            # the right heart fills with the pulmonary arteries, the left with the aorta: two lumens of
+            # different contrast with the septum between them, as in every angiogram
+            self.right_heart, self.septum = self._heart_sides(rng)
+            out[self.chambers & self.right_heart] = peak * pa
+            out[self.chambers & ~self.right_heart] = peak * aorta
+            out[self.chambers & self.septum] = rng.uniform(80, 150)  # enhanced myocardium
             # injected through an arm vein: the vena cava is still dense in the early phases
             out[self.svc] = rng.uniform(800, 2500) if phase != "venous" and rng.random() < 0.6 else peak * 0.6
             out[self._vessel_walls(rng)] = rng.uniform(30, 60)

@@ -78,7 +78,44 @@ def test_angiography_negatives_carry_the_mimics_of_a_dissection_unlabelled():
         walls += int(((hu[shell] >= 30) & (hu[shell] <= 60)).mean() > 0.95)
         dense_svc += int(np.median(hu[chest.svc]) > 700)
         lumen = float(np.median(hu[chest.aorta]))
-        ghosts += int((chest.aorta & (hu < 0.75 * lumen) & (hu > 0.3 * lumen)).sum() > 5)
+        ghosts += int((chest.aorta & ~chest.chambers & (hu < 0.75 * lumen) & (hu > 0.3 * lumen)).sum() > 5)
     assert walls == 8 and 1 <= dense_svc <= 7 and 1 <= ghosts <= 7, (walls, dense_svc, ghosts)
     neg = chest_ct_v2(np.random.default_rng([66, 0]), False, finding="aortic_dissection", matrix=64, thickness=5.0)
     assert not neg.mask.any() and neg.label == 0
+
+
+def test_the_spine_is_vertebrae_with_discs_and_an_arch_round_the_canal():
+    for chest, hu in chests(4, seed=67):
+        cortex, discs, arch = chest.vertebral_cortex, chest.discs, chest.arch
+        cancellous = chest.spine & ~cortex & ~discs
+        assert cortex.any() and discs.any() and arch.any() and cancellous.any()
+        assert np.median(hu[cortex]) > np.median(hu[cancellous]) + 200  # a grey body in a bright shell
+        assert np.median(hu[discs]) < np.median(hu[cancellous])
+        # discs come every vertebra (22-28 mm), not once
+        levels = np.unique(np.round(chest.coords[0][discs] / 10))
+        assert len(levels) >= 4, levels
+        # bone rings the canal: from the canal's centre, every direction meets the arch or the body
+        z, y, x = chest.coords
+        ring = arch | chest.spine
+        mid = np.abs(z) < 20
+        centre_y = float(y[chest.canal & mid].mean())
+        for angle in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+            ray = mid & (np.abs(np.arctan2(y - centre_y, x) - angle + np.pi) % (2 * np.pi) - np.pi < 0.2) & (
+                np.hypot(x, y - centre_y) < 20)
+            assert (ray & ring).any(), angle
+
+
+def test_on_angiography_the_right_heart_fills_with_the_pulmonary_arteries_and_the_left_with_the_aorta():
+    for i, phase in enumerate(("pulmonary", "aortic", "pulmonary", "aortic")):
+        rng = np.random.default_rng([68, i])
+        coords, _ = grid(rng, 5.0, 64, fov_mm=420.0, coverage_mm=(260.0, 300.0))
+        chest = VariedChest(rng, coords)
+        hu = chest.hu(rng, contrast=True, phase=phase)
+        right = chest.chambers & chest.right_heart & ~chest.septum
+        left = chest.chambers & ~chest.right_heart & ~chest.septum
+        septum = chest.chambers & chest.septum
+        assert right.any() and left.any() and septum.any()
+        r, l, s = (float(np.median(hu[m])) for m in (right, left, septum))
+        # the first pass fills the right heart; by the aortic phase the left is brighter
+        assert (r > l + 30) if phase == "pulmonary" else (l > r + 30), (phase, r, l)
+        assert s < min(r, l), (phase, s, r, l)
