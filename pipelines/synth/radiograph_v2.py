@@ -78,7 +78,13 @@ def chest_radiograph_v2(rng: np.random.Generator, positive: bool, *, finding: st
         _collapse(chest.lungs[kind] & ~air, air, hu)
     mu = MU_WATER * np.clip(1.0 + hu / 1000.0, 0.0, None)
     path = (mu.sum(axis=1) * spacing[1])[::-1]  # along y (front to back); rows from the head down
-    projected_air = air.any(axis=1)[::-1]
+    # the film shows pleural air where little lung lies behind it (the apex, the lateral rim): a ray
+    # through air in front of a full depth of lung darkens no more than normal variation does
+    air_depth = air.sum(axis=1)[::-1]
+    lung_depth = (chest.lungs[kind] & ~air).sum(axis=1)[::-1] if positive else np.zeros(air_depth.shape, int)
+    projected_air = (air_depth > 0) & (lung_depth <= air_depth)
+    if not projected_air.any():
+        projected_air = air_depth > 0
     nz, nx = path.shape
     pixel = nx * spacing[2] / matrix
     shape = (1, max(8, int(round(nz * spacing[0] / pixel))), matrix)

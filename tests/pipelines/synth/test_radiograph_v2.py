@@ -32,10 +32,10 @@ def test_a_v2_pneumothorax_darkens_the_film_where_its_mask_is():
         assert darker > 0, (i, darker)
 
 
-def test_the_lung_a_pneumothorax_leaves_keeps_its_tissue_and_the_air_shows_where_no_lung_lies_behind():
-    """Mass is kept: rays through the collapsed lung lose little attenuation, while rays through
-    pleural air alone (the apex, the lateral rim) lose the lung's; and quantum noise is what a
-    pixel of this size holds, well under that step."""
+def test_the_mask_is_where_the_film_shows_the_air_and_noise_is_far_below_it():
+    """Mass is kept: rays through pleural air in front of the collapsed lung darken little, rays
+    through air alone (the apex, the lateral rim) darken by the lung's attenuation; the mask is
+    those, and a pixel's quantum noise (what a pixel of this size holds) is far below the step."""
     from pipelines.synth.radiograph_v2 import chest_radiograph_v2
 
     for i in range(3):
@@ -44,8 +44,10 @@ def test_the_lung_a_pneumothorax_leaves_keeps_its_tissue_and_the_air_shows_where
         full = float((1 << pos.extra["bits_stored"]) - 1)
         sign = -1.0 if pos.extra["photometric"] == "MONOCHROME1" else 1.0
         drop = sign * (neg.hu[0] - pos.hu[0]) / full  # how much darker the positive film is
-        inside, noise = drop[pos.mask[0]], float(np.abs(drop[~pos.mask[0]]).mean())
-        # away from the finding the two films differ by noise alone, far below the rim's step;
-        # most of the projected air (lung behind it) darkens much less than its rim
-        rim = float(np.percentile(inside, 95))
-        assert rim > 5 * noise and noise < 0.005 and np.median(inside) < 0.5 * rim, (i, rim, noise)
+        mask = pos.mask[0]
+        changed = np.abs(drop) > 0.002
+        noise = float(np.abs(drop[~mask & ~changed]).mean())  # the films differ by noise alone there
+        inside = float(np.median(drop[mask]))
+        assert inside > 0.005 and inside > 10 * noise, (i, inside, noise)
+        # rays darkened a little, outside the mask: the air in front of the lung
+        assert np.median(drop[~mask & changed]) < 0.5 * inside, i
