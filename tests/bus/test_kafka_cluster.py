@@ -131,7 +131,11 @@ def test_below_min_insync_replicas_the_pool_waits_without_committing(cluster_poo
     time.sleep(20)
     # nothing published for them, nothing committed past them, and the pool waits rather than exits
     assert not _scored(pool) & set(held)
-    assert group_commits(cluster, pool.group, pool.studies) == before
+    now = group_commits(cluster, pool.group, pool.studies)
+    # with two of three brokers down the group's coordinator may be one of them: then the read finds
+    # no commit at all (0 everywhere; commits never go back to 0), and none can have been made, since
+    # a commit goes through the coordinator. Anything else must be exactly what was committed before.
+    assert now == before or not any(now.values()), (now, before)
     assert host.proc.poll() is None
 
     cluster.start(2)
