@@ -119,3 +119,29 @@ def test_on_angiography_the_right_heart_fills_with_the_pulmonary_arteries_and_th
         # the first pass fills the right heart; by the aortic phase the left is brighter
         assert (r > l + 30) if phase == "pulmonary" else (l > r + 30), (phase, r, l)
         assert s < min(r, l), (phase, s, r, l)
+
+
+def test_arteries_branch_on_into_the_lung_instead_of_stopping_as_an_occlusive_clot_would():
+    """A segmental artery that ends in mid-lung is the cut-off of an occlusive clot; in a normal
+    angiogram the opacified artery carries on, narrower, past where the segmental one ends."""
+    ends = carried_on = 0
+    for i in range(4):
+        rng = np.random.default_rng([69, i])
+        coords, _ = grid(rng, 2.5, 96, fov_mm=380.0, coverage_mm=(260.0, 300.0))
+        chest = VariedChest(rng, coords)
+        hu = chest.hu(rng, contrast=True, phase="pulmonary")
+        for level, p0, p1, radius in chest.pa_segments:
+            if level != "segmental":
+                continue
+            p0, p1 = np.asarray(p0), np.asarray(p1)
+            direction = (p1 - p0) / np.linalg.norm(p1 - p0)
+            rel = [c - e for c, e in zip(coords, p1)]
+            dist = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2)
+            ahead = rel[0] * direction[0] + rel[1] * direction[1] + rel[2] * direction[2]
+            if (chest.lung & (dist < 8)).sum() < 0.5 * (dist < 8).sum():
+                continue  # it ends outside the lung (in the hilum, past the pleura)
+            ends += 1
+            beyond = chest.lung & (ahead > 5) & (dist < 30) & ~tube(coords, p0, p1, radius + 3)[0]
+            carried_on += bool((beyond & (hu > 150)).any())
+    assert ends >= 20
+    assert carried_on >= 0.7 * ends, f"{carried_on} of {ends} segmental arteries carry on into the lung"
