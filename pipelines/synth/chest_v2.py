@@ -172,12 +172,12 @@ class VariedChest(Chest):
                             "disc": rng.uniform(60, 110), "arch": rng.uniform(400, 900)}
 
     def _peripheral_arteries(self, rng: np.random.Generator) -> None:
-        """Each segmental artery branches on into the lung, narrowing at every division down to about
-        a millimetre across, as in patients. The v1 arteries stopped 60-95 mm from the hilum, and
-        an artery that stops in mid-lung is the cut-off an occlusive clot makes: pe took every normal
-        chest's artery ends for clots. The branches are lung vessels (``pa``, opacified with the
-        arteries); a clot in a segmental artery blocks them too. Drawn from its own stream (``rng``):
-        everything else in the chest stays as it was."""
+        """Each segmental artery branches on into the lung, narrowing at every division, down to
+        2-3 mm across (finer ones are below the phantom's grid), as in patients. The v1 arteries
+        stopped 60-95 mm from the hilum, and an artery that stops in mid-lung is the cut-off an
+        occlusive clot makes: pe's first v2 run fired at those ends on normal chests. The branches
+        are lung vessels (``pa``, opacified with the arteries); a clot in a segmental artery blocks
+        them too. Drawn from their own stream (``rng``): every other structure is drawn as before."""
         branches = []
         tips = [(p0, p1, radius) for level, p0, p1, radius in self.pa_segments if level == "segmental"]
         while tips:
