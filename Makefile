@@ -12,6 +12,7 @@ help:
 	@echo "make kafka-up / kafka-down - start / stop a local Apache Kafka broker (KRaft)"
 	@echo "make bench / bench-quick   - benchmarks against pydicom, SimpleITK, MONAI (writes benchmarks/results/)"
 	@echo "make train MODEL=<name>    - phantoms -> train -> evaluate -> export -> register into models/ (names: pipelines/configs/)"
+	@echo "                             ARGS='...' passes options on (python -m pipelines.make --help)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +61,7 @@ bench-quick: install-test
 # (MODEL= one of pipelines/configs/*.yaml: ich, lvo, and the trauma/cardiac configs)
 MODEL ?= ich
 train: install-test
-	$(PY) -m pipelines.make $(MODEL)
+	$(PY) -m pipelines.make $(MODEL) $(ARGS)
 
 schemas: install
 	$(VENV)/bin/triage schemas --write

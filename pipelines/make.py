@@ -57,20 +57,28 @@ def compare_with_committed(committed: Path, result: dict, tolerance: dict | None
                      ("sensitivity", lambda r: r["operating_points"]["default"]["sensitivity"]),
                      ("specificity", lambda r: r["operating_points"]["default"]["specificity"])):
         if key in tolerance:
-            diff = abs(get(result) - get(before))
-            rows.append({"figure": key, "committed": get(before), "this_run": get(result), "tolerance": tolerance[key],
-                         "within": diff <= tolerance[key]})
+            now, then = get(result), get(before)
+            same = abs(now - then) <= tolerance[key] or (np.isnan(now) and np.isnan(then))  # nan: one class only
+            rows.append({"figure": key, "committed": then, "this_run": now, "tolerance": tolerance[key],
+                         "within": bool(same)})
     for r in rows:
         print(f"  {r['figure']:<12} committed {r['committed']:.3f}  this run {r['this_run']:.3f}  "
               f"{'within' if r['within'] else 'OUTSIDE'} ±{r['tolerance']:g}")
     return rows
 
 
+class NotReproduced(RuntimeError):
+    """A retrained model's held-out figures differ from the registered model's (same test split)
+    by more than the config's ``reproduce`` tolerance: it is not registered over it."""
+
+
 def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bool = False,
-        progress: bool = True, data: Path | None = None, keep_data: bool = False) -> dict:
+        progress: bool = True, data: Path | None = None, keep_data: bool = False, replace: bool = False) -> dict:
     """The lifecycle for one model; ``data``: an existing dataset folder (train/, val/, test/)
     to use instead of generating phantoms. Once the model is registered, the phantoms it generated
-    are removed (2-6 GB a model) unless ``keep_data``; checkpoints and the evaluation stay."""
+    are removed (2-6 GB a model) unless ``keep_data``; checkpoints and the evaluation stay.
+    Raises NotReproduced, registering nothing, when the run misses the registered model's figures
+    beyond tolerance, unless ``replace`` (a new recipe meant to replace it)."""
     started = time.perf_counter()
     cfg = load_config(CONFIGS / f"{name}.yaml")
     if small:
@@ -130,6 +138,12 @@ def run(name: str, work: Path, models_dir: Path, small: bool = False, resume: bo
     spent.write_text(json.dumps({"seconds": result["make_seconds"]}))
     result["make_cores"] = os.cpu_count()
     (work / "eval" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    missed = [r["figure"] for r in result["reproduction"] if not r["within"]]
+    if missed and not replace:
+        raise NotReproduced(f"{name}: {', '.join(missed)} outside the `reproduce` tolerance of "
+                            f"{CONFIGS / f'{name}.yaml'}; {models_dir / name} is left as it was. This run's "
+                            f"model, evaluation and phantoms stay in {work}: --resume --replace registers it "
+                            "without training again")
     folder = register(cfg, onnx_path, work / "eval", models_dir, result, weights=best)
     # the input guard: the envelope of every training study, then the held-out figures as served
     write_envelope(folder, envelope_of(data / "train", cfg, progress))
@@ -171,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="reuse generated data and continue training")
     p.add_argument("--keep-data", action="store_true", help="keep the generated phantoms once the model is "
                    "registered (default: remove them; they take 2-6 GB a model)")
+    p.add_argument("--replace", action="store_true", help="register the retrained model even when its held-out "
+                   "figures miss the registered model's beyond the config's `reproduce` tolerance (a new recipe); "
+                   "without it such a run registers nothing and exits 1")
     p.add_argument("--data", type=Path, help="your own dataset folder with train/, val/ and test/ splits in the "
                    "layout of pipelines/synth/write.py (default: generate phantoms)")
     p.add_argument("--recheck", action="store_true", help="train nothing: measure the registered model beyond our "
@@ -186,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.model}: " + (f"missed {'; '.join(missed)}: in shadow" if missed else "meets every target beyond "
                                    "our own generator"))
         return 0
-    run(args.model, args.work or Path(".cache/train") / args.model, args.models, args.small, args.resume,
-        data=args.data, keep_data=args.keep_data)
+    try:
+        run(args.model, args.work or Path(".cache/train") / args.model, args.models, args.small, args.resume,
+            data=args.data, keep_data=args.keep_data, replace=args.replace)
+    except NotReproduced as e:
+        print(f"not registered: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

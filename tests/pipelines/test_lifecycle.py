@@ -13,7 +13,7 @@ pytest.importorskip("monai")
 
 from pipelines.dataset import load_study, read_labels  # noqa: E402
 from pipelines.evaluate import roc_auc, threshold_for, wilson  # noqa: E402
-from pipelines.make import CONFIGS, SMALL, compare_with_committed, run, small_overrides  # noqa: E402
+from pipelines.make import CONFIGS, SMALL, NotReproduced, compare_with_committed, run, small_overrides  # noqa: E402
 from pipelines.train import input_spec, load_config, train  # noqa: E402
 from triage.dicom import decode_series, scan_study  # noqa: E402
 from triage.events import STUDY_SCHEMA, now_iso, parse_study_event  # noqa: E402
@@ -150,6 +150,27 @@ def test_reproduction_compares_figures_only_on_the_same_test_split(tmp_path):
     assert [(r["figure"], r["within"]) for r in rows] == [("auc", True), ("sensitivity", False),
                                                           ("specificity", True)]
     assert compare_with_committed(committed, {**result, "test_split": {**split, "seed": 304}}, tolerance) == []
+    # a test split of one class has no AUC in either run: that is the same figure, not a miss
+    committed.write_text(json.dumps({**json.loads(committed.read_text()), "auc": float("nan")}))
+    assert compare_with_committed(committed, {**result, "auc": float("nan")}, tolerance)[0]["within"]
+    assert not compare_with_committed(committed, result, tolerance)[0]["within"]
+
+
+def test_a_run_that_misses_the_registered_figures_leaves_the_registered_model_alone(radiograph, tmp_path):
+    work, models = tmp_path / "work", tmp_path / "models"
+    shutil.copytree(radiograph[0], work)
+    shutil.copytree(radiograph[1], models)
+    folder = models / "pneumothorax_cxr"
+    committed = json.loads((folder / "eval.json").read_text())
+    committed["auc"] = 1.0 if committed["auc"] < 0.9 else 0.5  # a registered model this run cannot match
+    (folder / "eval.json").write_text(json.dumps(committed))
+    before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+    with pytest.raises(NotReproduced, match="auc outside"):
+        run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False)
+    assert {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()} == before
+    assert (work / "model.onnx").exists() and (work / "data" / "train" / "labels.csv").exists()  # kept for --replace
+    result = run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False, replace=True)
+    assert json.loads((folder / "eval.json").read_text())["auc"] == pytest.approx(result["auc"], nan_ok=True)
 
 
 def test_validation_every_n_epochs_keeps_the_best_of_the_validated_ones(radiograph, tmp_path, capsys):
