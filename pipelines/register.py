@@ -86,10 +86,24 @@ def _input_text(spec: InputSpec) -> str:
     return "x".join(str(v) for v in shape) + " voxels after resampling the whole series"
 
 
+def _history(card: Path) -> str:
+    """The ``## History`` section of a card, from its heading to the next section or the end
+    ("" when there is none), ready to append after a blank line."""
+    text = card.read_text() if card.exists() else ""
+    start = text.find("\n## History\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return "\n" + text[start + 1:end if end >= 0 else len(text)].rstrip("\n") + "\n"
+
+
 def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, result: dict,
              weights: Path | None = None) -> Path:
+    """Write ``models_dir/<name>/`` afresh; the card's History (what each earlier run took and
+    gave, written by the engineers) is carried over from the card it replaces, as its last section."""
     name = cfg["name"]
     folder = models_dir / name
+    history = _history(folder / "card.md")
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -128,7 +142,7 @@ def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, resul
         sens=op["sensitivity"], sens_lo=op["sensitivity_ci95"][0], sens_hi=op["sensitivity_ci95"][1],
         spec=op["specificity"], spec_lo=op["specificity_ci95"][0], spec_hi=op["specificity_ci95"][1],
         status=_status_text(result), input_text=_input_text(InputSpec.from_dict(cfg["input"], cfg["name"])),
-        targets=_targets_text(result), limits=_limits_text(cfg, result)))
+        targets=_targets_text(result), limits=_limits_text(cfg, result)).rstrip("\n") + "\n" + history)
     load_manifest(folder)  # what the runtime will do: validate and verify the hash
     return folder
 

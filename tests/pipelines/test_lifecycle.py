@@ -164,6 +164,8 @@ def test_a_run_that_misses_the_registered_figures_leaves_the_registered_model_al
     committed = json.loads((folder / "eval.json").read_text())
     committed["auc"] = 1.0 if committed["auc"] < 0.9 else 0.5  # a registered model this run cannot match
     (folder / "eval.json").write_text(json.dumps(committed))
+    history = "## History\n### 0.0.1 (a run by hand)\nWhat an engineer wrote about an earlier run.\n"
+    (folder / "card.md").write_text((folder / "card.md").read_text() + "\n" + history)
     before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
     with pytest.raises(NotReproduced, match="auc outside"):
         run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False)
@@ -171,6 +173,9 @@ def test_a_run_that_misses_the_registered_figures_leaves_the_registered_model_al
     assert (work / "model.onnx").exists() and (work / "data" / "train" / "labels.csv").exists()  # kept for --replace
     result = run("pneumothorax_cxr", work, models, small=True, resume=True, progress=False, replace=True)
     assert json.loads((folder / "eval.json").read_text())["auc"] == pytest.approx(result["auc"], nan_ok=True)
+    card = (folder / "card.md").read_text()  # written afresh, with the History carried over, last
+    assert card.endswith("\n\n" + history) and card.count("## History") == 1
+    assert card.index("## Beyond our own generator") < card.index("## Known limits") < card.index("## History")
 
 
 def test_validation_every_n_epochs_keeps_the_best_of_the_validated_ones(radiograph, tmp_path, capsys):
