@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from pipelines.dataset import pool_map, read_labels
-from pipelines.register import update_manifest
+from pipelines.register import set_section, update_manifest
 from triage.dicom import decode_series, scan_study
 from triage.inference.guard import Envelope, measure_volume, reason_kind
 
@@ -121,18 +121,6 @@ def guard_section(envelope: dict, figures: dict) -> str:
 
 def _num(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
-
-
-def set_section(card: str, title: str, body: str, before: str = "## Known limits") -> str:
-    """``card`` with its ``## title`` section replaced by ``body``, or inserted before ``before``."""
-    head = f"## {title}\n"
-    block = head + body + "\n"
-    if head in card:
-        start = card.index(head)
-        nxt = card.find("\n## ", start + len(head))
-        return card[:start] + block + (card[nxt + 1:] if nxt >= 0 else "")
-    at = card.find(before)
-    return card[:at] + block + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + block
 
 
 def write_envelope(folder: Path, envelope: Envelope) -> None:

@@ -371,7 +371,7 @@ def external_report(ext: dict) -> str:
 def write_external(folder: Path, ext: dict) -> list[dict]:
     """:func:`external_evaluation`'s figures into a model folder's eval.json, eval.md and card;
     returns :func:`external_targets`, as written."""
-    from pipelines.envelope import set_section
+    from pipelines.register import set_section
 
     eval_path = folder / "eval.json"
     result = json.loads(eval_path.read_text()) if eval_path.exists() else {}

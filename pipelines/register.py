@@ -86,15 +86,31 @@ def _input_text(spec: InputSpec) -> str:
     return "x".join(str(v) for v in shape) + " voxels after resampling the whole series"
 
 
-def _history(card: Path) -> str:
-    """The ``## History`` section of a card, from its heading to the next section or the end
-    ("" when there is none), ready to append after a blank line."""
-    text = card.read_text() if card.exists() else ""
-    start = text.find("\n## History\n")
+def _bounds(card: str, title: str) -> tuple[int, int] | None:
+    """Where a card's ``## title`` section runs: from its heading to the next section or the end."""
+    head = f"## {title}\n"
+    start = ("\n" + card).find("\n" + head)  # a heading starts a line
     if start < 0:
-        return ""
-    end = text.find("\n## ", start + 1)
-    return "\n" + text[start + 1:end if end >= 0 else len(text)].rstrip("\n") + "\n"
+        return None
+    nxt = card.find("\n## ", start + len(head))
+    return start, nxt + 1 if nxt >= 0 else len(card)
+
+
+def set_section(card: str, title: str, body: str, before: str = "## Known limits") -> str:
+    """``card`` with its ``## title`` section replaced by ``body``, or inserted before ``before``."""
+    block = f"## {title}\n" + body + "\n"
+    span = _bounds(card, title)
+    if span:
+        return card[:span[0]] + block + card[span[1]:]
+    at = card.find(before)
+    return card[:at] + block + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + block
+
+
+def _history(card: Path) -> str:
+    """The ``## History`` section of a card ("" when there is none), ready to append after a blank line."""
+    text = card.read_text() if card.exists() else ""
+    span = _bounds(text, "History")
+    return "\n" + text[span[0]:span[1]].rstrip("\n") + "\n" if span else ""
 
 
 def register(cfg: dict, onnx_path: Path, eval_dir: Path, models_dir: Path, result: dict,
